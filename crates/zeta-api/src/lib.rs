@@ -1,0 +1,126 @@
+//! Zeta's HTTP API (axum): router, strict extractors, API keys, idempotency and problem errors.
+//! Handlers contain no SQL: reads go to the [`Store`], every change to the ledger [`Engine`].
+
+pub mod auth;
+mod command;
+pub mod error;
+pub mod json;
+pub mod request;
+mod routes;
+pub mod views;
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::middleware;
+use tokio::net::TcpListener;
+use uuid::Uuid;
+use zeta_engine::{Engine, EngineError};
+use zeta_store::{Store, StoreError};
+
+pub use error::ApiError;
+
+/// Everything a handler needs, assembled once at start.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+    pub engine: Arc<Engine>,
+    in_flight: Arc<Mutex<HashSet<(Uuid, String)>>>,
+    shutting_down: Arc<AtomicBool>,
+}
+
+impl AppState {
+    pub fn new(store: Arc<dyn Store>, engine: Arc<Engine>) -> Self {
+        Self {
+            store,
+            engine,
+            in_flight: Arc::default(),
+            shutting_down: Arc::default(),
+        }
+    }
+
+    pub fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::SeqCst)
+    }
+
+    /// Marks an idempotency key as being processed by this instance; 409 when it already is.
+    pub(crate) fn claim_key(&self, scope: Uuid, key: &str) -> Result<KeyClaim, ApiError> {
+        let entry = (scope, key.to_string());
+        let mut set = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        if !set.insert(entry.clone()) {
+            return Err(ApiError::IdempotencyKeyInUse);
+        }
+        Ok(KeyClaim {
+            set: self.in_flight.clone(),
+            entry,
+        })
+    }
+}
+
+/// Releases an in-flight idempotency key when the request ends, however it ends.
+pub(crate) struct KeyClaim {
+    set: Arc<Mutex<HashSet<(Uuid, String)>>>,
+    entry: (Uuid, String),
+}
+
+impl Drop for KeyClaim {
+    fn drop(&mut self) {
+        self.set
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.entry);
+    }
+}
+
+/// Seconds a client should wait after a 503.
+pub const RETRY_AFTER_SECS: u64 = 1;
+
+pub(crate) fn store_error(e: StoreError) -> ApiError {
+    match e {
+        StoreError::Conflict(_) | StoreError::Unavailable(_) => ApiError::Unavailable {
+            retry_after_secs: RETRY_AFTER_SECS,
+        },
+        StoreError::Other(cause) => ApiError::Internal(cause),
+    }
+}
+
+pub(crate) fn engine_error(e: EngineError) -> ApiError {
+    match e {
+        EngineError::Unavailable(_) => ApiError::Unavailable {
+            retry_after_secs: RETRY_AFTER_SECS,
+        },
+        EngineError::Internal(cause) => ApiError::Internal(cause),
+    }
+}
+
+/// The whole HTTP application.
+pub fn router(state: AppState) -> Router {
+    routes::routes()
+        .with_state(state)
+        .layer(middleware::from_fn(request::context))
+}
+
+/// Serves until `shutdown` resolves, then lets in-flight requests finish and drains the engine.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = router(state.clone());
+    let flag = state.clone();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            flag.begin_shutdown();
+        })
+        .await?;
+    state.engine.shutdown().await;
+    Ok(())
+}

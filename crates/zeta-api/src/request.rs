@@ -1,0 +1,227 @@
+//! Request context: the request id, the strict JSON body, the API key — checked in the order of
+//! API.md (400/413/415, then 401, then 422).
+
+use axum::body::{Body, to_bytes};
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::AppState;
+use crate::auth::{Caller, hash_secret};
+use crate::error::{ApiError, FieldError, PROBLEM_JSON, PendingProblem};
+use crate::json;
+
+pub const REQUEST_ID: &str = "x-request-id";
+
+/// The id of the current request (client-sent when valid, else generated).
+#[derive(Clone, Debug)]
+pub struct RequestId(pub String);
+
+fn valid_request_id(v: &HeaderValue) -> Option<String> {
+    let bytes = v.as_bytes();
+    ((1..=128).contains(&bytes.len()) && bytes.iter().all(|b| (0x21..=0x7e).contains(b)))
+        .then(|| String::from_utf8_lossy(bytes).into_owned())
+}
+
+/// Outermost middleware: assigns the request id, echoes it, and renders every error response as
+/// problem+json with `request_id` and `instance`.
+pub async fn context(mut req: Request, next: Next) -> Response {
+    let request_id = req
+        .headers()
+        .get(REQUEST_ID)
+        .and_then(valid_request_id)
+        .unwrap_or_else(|| Uuid::now_v7().to_string());
+    let instance = req.uri().path().to_string();
+    req.extensions_mut().insert(RequestId(request_id.clone()));
+    let span = tracing::info_span!("request", request_id = %request_id, method = %req.method(), path = %instance);
+    let mut response = {
+        let _guard = span.enter();
+        next.run(req).await
+    };
+    finish_problem(&mut response, &request_id, &instance);
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert(REQUEST_ID, v);
+    }
+    response
+}
+
+fn finish_problem(response: &mut Response, request_id: &str, instance: &str) {
+    let error = match response.extensions_mut().remove::<PendingProblem>() {
+        Some(PendingProblem(e)) => e,
+        None => {
+            let status = response.status();
+            let is_problem = response
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .is_some_and(|v| v.as_bytes().starts_with(PROBLEM_JSON.as_bytes()));
+            if !(status.is_client_error() || status.is_server_error()) || is_problem {
+                return;
+            }
+            // Responses made by the router itself (unknown route, wrong method, a path that does
+            // not decode) or by a framework layer.
+            match status {
+                StatusCode::METHOD_NOT_ALLOWED => ApiError::MethodNotAllowed,
+                StatusCode::NOT_FOUND | StatusCode::BAD_REQUEST => ApiError::NotFound("resource"),
+                StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge(0),
+                StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::UnsupportedMediaType,
+                s if s.is_server_error() => ApiError::Internal(format!("framework {s}")),
+                _ => ApiError::NotFound("resource"),
+            }
+        }
+    };
+    if let ApiError::Internal(cause) = &error {
+        tracing::error!(request_id, cause = %cause, "internal error");
+    }
+    let mut fresh = error.clone().into_response();
+    fresh.extensions_mut().remove::<PendingProblem>();
+    *response.status_mut() = fresh.status();
+    for (name, value) in fresh.headers() {
+        response.headers_mut().insert(name.clone(), value.clone());
+    }
+    response.headers_mut().remove(header::CONTENT_LENGTH);
+    *response.body_mut() = Body::from(error.problem_body(request_id, instance));
+}
+
+/// Authenticates from the `Authorization` header (401 when missing or unknown).
+pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Caller, ApiError> {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, token) = v.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+        })
+        .filter(|t| !t.is_empty())
+        .ok_or(ApiError::Unauthorized)?;
+    let record = state
+        .store
+        .find_api_key(&hash_secret(token))
+        .await
+        .map_err(crate::store_error)?
+        .ok_or(ApiError::Unauthorized)?;
+    Caller::from_record(&record).ok_or(ApiError::Unauthorized)
+}
+
+/// What every `/v1` handler knows about its request.
+#[derive(Clone, Debug)]
+pub struct Ctx {
+    pub request_id: String,
+    pub method: Method,
+    pub path: String,
+    pub caller: Caller,
+    pub idempotency_key: Option<String>,
+}
+
+fn context_parts(parts: &Parts, caller: Caller, idempotency_key: Option<String>) -> Ctx {
+    Ctx {
+        request_id: parts
+            .extensions
+            .get::<RequestId>()
+            .map_or_else(String::new, |r| r.0.clone()),
+        method: parts.method.clone(),
+        path: parts.uri.path().to_string(),
+        caller,
+        idempotency_key,
+    }
+}
+
+/// For requests without a body (GET, DELETE).
+pub struct Authed(pub Ctx);
+
+impl FromRequestParts<AppState> for Authed {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let caller = authenticate(state, &parts.headers).await?;
+        Ok(Authed(context_parts(parts, caller, None)))
+    }
+}
+
+/// Body size limits.
+pub const BODY_LIMIT: usize = 64 * 1024;
+pub const BATCH_BODY_LIMIT: usize = 1024 * 1024;
+
+/// A request with a JSON body of at most `LIMIT` bytes; with `OPTIONAL`, the body may be absent.
+pub struct JsonRequest<const LIMIT: usize, const OPTIONAL: bool> {
+    pub ctx: Ctx,
+    pub body: Option<Value>,
+    /// The canonical form of the body, for idempotency.
+    pub canonical: String,
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(v) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let bytes = v.as_bytes();
+    if (1..=255).contains(&bytes.len()) && bytes.iter().all(|b| (0x21..=0x7e).contains(b)) {
+        Ok(Some(String::from_utf8_lossy(bytes).into_owned()))
+    } else {
+        Err(ApiError::InvalidHeader(
+            "Idempotency-Key must be 1 to 255 visible ASCII characters".into(),
+        ))
+    }
+}
+
+impl<const LIMIT: usize, const OPTIONAL: bool> FromRequest<AppState>
+    for JsonRequest<LIMIT, OPTIONAL>
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        let (parts, body) = req.into_parts();
+        let declared = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > LIMIT as u64) {
+            return Err(ApiError::PayloadTooLarge(LIMIT));
+        }
+        let bytes = to_bytes(body, LIMIT)
+            .await
+            .map_err(|_| ApiError::PayloadTooLarge(LIMIT))?;
+        let json_type = is_json(&parts.headers);
+        let parsed = if bytes.is_empty() && OPTIONAL {
+            None
+        } else if !json_type {
+            return Err(ApiError::UnsupportedMediaType);
+        } else {
+            Some(json::parse_lenient(&bytes)?)
+        };
+        let key = if parts.method == Method::POST {
+            idempotency_key(&parts.headers)?
+        } else {
+            None
+        };
+        let caller = authenticate(state, &parts.headers).await?;
+        let (body, problems): (Option<Value>, Vec<FieldError>) = match parsed {
+            Some((v, p)) => (Some(v), p),
+            None => (None, Vec::new()),
+        };
+        if !problems.is_empty() {
+            return Err(ApiError::Validation(problems));
+        }
+        let mut canonical = String::new();
+        if let Some(v) = &body {
+            json::canonical(v, &mut canonical);
+        }
+        Ok(Self {
+            ctx: context_parts(&parts, caller, key),
+            body,
+            canonical,
+        })
+    }
+}

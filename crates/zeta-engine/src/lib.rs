@@ -1,0 +1,378 @@
+//! The ledger engine: group commit.
+//!
+//! Money commands are queued to a small number of writer tasks. Each writer takes everything
+//! queued so far (up to `max_batch`) and applies it in one database transaction: idempotency
+//! keys looked up, referenced rows loaded, the touched accounts locked once in id order, the
+//! commands applied in arrival order by [`zeta_ledger::Working`] (each succeeding or failing on
+//! its own), all rows written with a handful of set-based statements, one COMMIT, then every
+//! waiter answered. Serialization failures, deadlocks and lost connections re-run the whole batch
+//! with capped, jittered exponential backoff; a batch that hits any other error is split and its
+//! commands retried one by one, so one bad command cannot fail its neighbours.
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use rand::Rng;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+use zeta_ledger::{Command, Envelope, Outcome, Working, now_micros};
+use zeta_store::{IdempotencyRecord, Store, StoreError};
+
+/// Engine limits; every one is explicit.
+#[derive(Clone, Debug)]
+pub struct EngineSettings {
+    /// Writer tasks; commands on the same account go to the same writer.
+    pub writers: usize,
+    /// Most commands applied in one database transaction.
+    pub max_batch: usize,
+    /// Commands that may wait per writer before submitters wait for room.
+    pub queue_capacity: usize,
+    pub retry: RetryPolicy,
+}
+
+impl Default for EngineSettings {
+    fn default() -> Self {
+        Self {
+            writers: 2,
+            max_batch: 512,
+            queue_capacity: 8192,
+            retry: RetryPolicy::default(),
+        }
+    }
+}
+
+/// Capped, jittered exponential backoff with a budget of attempts.
+#[derive(Clone, Debug)]
+pub struct RetryPolicy {
+    pub max_attempts: u32,
+    pub base_delay: Duration,
+    pub max_delay: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: 10,
+            base_delay: Duration::from_millis(2),
+            max_delay: Duration::from_millis(250),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// "Full jitter": a random delay up to `min(max, base * 2^attempt)`.
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let ceiling = self
+            .base_delay
+            .saturating_mul(1_u32 << attempt.min(16))
+            .min(self.max_delay);
+        let micros = u64::try_from(ceiling.as_micros())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        Duration::from_micros(rand::rng().random_range(micros / 2..=micros))
+    }
+}
+
+/// What the response to a stored idempotent request is made of.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredResponse {
+    pub status: u16,
+    pub body: Vec<u8>,
+}
+
+/// Renders an outcome into the response that is stored with the key (and sent).
+pub type Renderer = Arc<dyn Fn(&Outcome) -> StoredResponse + Send + Sync>;
+
+/// An idempotency key with the request it was first used for.
+#[derive(Clone)]
+pub struct IdempotencySpec {
+    pub scope: Uuid,
+    pub key: String,
+    pub request_hash: Vec<u8>,
+    pub render: Renderer,
+}
+
+#[derive(Clone, Debug)]
+pub enum Reply {
+    /// The command ran; `stored` is the response stored with its idempotency key, if any.
+    Applied {
+        outcome: Outcome,
+        stored: Option<StoredResponse>,
+    },
+    /// The key was already used for this same request: the stored response.
+    Replay(IdempotencyRecord),
+    /// The key was already used for another request.
+    KeyReused,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum EngineError {
+    /// The database stayed unreachable or contended through the retry budget, or the engine is
+    /// shut down. Nothing was committed.
+    #[error("the ledger is unavailable: {0}")]
+    Unavailable(String),
+    /// A bug: an unexpected database error on a single command. Nothing was committed.
+    #[error("internal ledger error: {0}")]
+    Internal(String),
+}
+
+struct Job {
+    envelope: Envelope,
+    idempotency: Option<IdempotencySpec>,
+    reply: oneshot::Sender<Result<Reply, EngineError>>,
+}
+
+/// Observes the engine (metrics live outside this crate).
+pub trait EngineObserver: Send + Sync + 'static {
+    fn batch_committed(&self, _size: usize) {}
+    fn retried(&self, _error: &StoreError) {}
+}
+
+struct NoObserver;
+impl EngineObserver for NoObserver {}
+
+pub struct Engine {
+    senders: RwLock<Vec<mpsc::Sender<Job>>>,
+    writers: std::sync::Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Engine {
+    pub fn start(store: Arc<dyn Store>, settings: EngineSettings) -> Self {
+        Self::start_observed(store, settings, Arc::new(NoObserver))
+    }
+
+    pub fn start_observed(
+        store: Arc<dyn Store>,
+        settings: EngineSettings,
+        observer: Arc<dyn EngineObserver>,
+    ) -> Self {
+        assert!(settings.writers >= 1 && settings.max_batch >= 1 && settings.queue_capacity >= 1);
+        let mut senders = Vec::with_capacity(settings.writers);
+        let mut writers = Vec::with_capacity(settings.writers);
+        for _ in 0..settings.writers {
+            let (tx, rx) = mpsc::channel(settings.queue_capacity);
+            senders.push(tx);
+            let writer = Writer {
+                store: store.clone(),
+                settings: settings.clone(),
+                observer: observer.clone(),
+            };
+            writers.push(tokio::spawn(writer.run(rx)));
+        }
+        Self {
+            senders: RwLock::new(senders),
+            writers: std::sync::Mutex::new(writers),
+        }
+    }
+
+    /// Queues a command and waits for its committed result.
+    pub async fn submit(
+        &self,
+        envelope: Envelope,
+        idempotency: Option<IdempotencySpec>,
+    ) -> Result<Reply, EngineError> {
+        let sender = {
+            let senders = self.senders.read().unwrap_or_else(|e| e.into_inner());
+            if senders.is_empty() {
+                return Err(EngineError::Unavailable("shutting down".into()));
+            }
+            let key = envelope.command.routing_key().as_u128();
+            let index = ((key as u64) ^ ((key >> 64) as u64)) % senders.len() as u64;
+            senders[usize::try_from(index).unwrap_or(0)].clone()
+        };
+        let (reply, rx) = oneshot::channel();
+        sender
+            .send(Job {
+                envelope,
+                idempotency,
+                reply,
+            })
+            .await
+            .map_err(|_| EngineError::Unavailable("shutting down".into()))?;
+        rx.await
+            .map_err(|_| EngineError::Internal("writer stopped before answering".into()))?
+    }
+
+    /// Stops accepting commands and waits until every queued command is committed and answered.
+    pub async fn shutdown(&self) {
+        self.senders
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        let writers = std::mem::take(&mut *self.writers.lock().unwrap_or_else(|e| e.into_inner()));
+        for writer in writers {
+            let _ = writer.await;
+        }
+    }
+}
+
+struct Writer {
+    store: Arc<dyn Store>,
+    settings: EngineSettings,
+    observer: Arc<dyn EngineObserver>,
+}
+
+impl Writer {
+    async fn run(self, mut rx: mpsc::Receiver<Job>) {
+        let mut jobs = Vec::with_capacity(self.settings.max_batch);
+        while rx.recv_many(&mut jobs, self.settings.max_batch).await > 0 {
+            match self.execute(&jobs).await {
+                Ok(replies) => answer(&mut jobs, replies),
+                Err(EngineError::Internal(e)) if jobs.len() > 1 => {
+                    tracing::warn!(error = %e, size = jobs.len(), "batch failed; retrying its commands one by one");
+                    for job in jobs.drain(..) {
+                        let result = self
+                            .execute(std::slice::from_ref(&job))
+                            .await
+                            .map(|mut r| r.remove(0));
+                        let _ = job.reply.send(result);
+                    }
+                }
+                Err(e) => {
+                    for job in jobs.drain(..) {
+                        let _ = job.reply.send(Err(e.clone()));
+                    }
+                }
+            }
+            jobs.clear();
+        }
+    }
+
+    /// Runs the jobs as one transaction, retrying transient failures within the budget.
+    async fn execute(&self, jobs: &[Job]) -> Result<Vec<Reply>, EngineError> {
+        let policy = &self.settings.retry;
+        let mut attempt = 0;
+        loop {
+            match apply_batch(self.store.as_ref(), jobs).await {
+                Ok(replies) => {
+                    self.observer.batch_committed(jobs.len());
+                    return Ok(replies);
+                }
+                Err(e) if e.is_retryable() => {
+                    self.observer.retried(&e);
+                    attempt += 1;
+                    if attempt >= policy.max_attempts {
+                        tracing::warn!(error = %e, attempts = attempt, "retry budget exhausted");
+                        return Err(EngineError::Unavailable(e.to_string()));
+                    }
+                    tracing::debug!(error = %e, attempt, "retrying batch");
+                    tokio::time::sleep(policy.delay(attempt)).await;
+                }
+                Err(e) => return Err(EngineError::Internal(e.to_string())),
+            }
+        }
+    }
+}
+
+fn answer(jobs: &mut Vec<Job>, replies: Vec<Reply>) {
+    debug_assert_eq!(jobs.len(), replies.len());
+    for (job, reply) in jobs.drain(..).zip(replies) {
+        let _ = job.reply.send(Ok(reply));
+    }
+}
+
+/// One attempt at a batch: one database transaction.
+async fn apply_batch(store: &dyn Store, jobs: &[Job]) -> Result<Vec<Reply>, StoreError> {
+    let mut tx = store.begin().await?;
+    let mut replies: Vec<Option<Reply>> = vec![None; jobs.len()];
+
+    let keys: Vec<(Uuid, String)> = jobs
+        .iter()
+        .filter_map(|j| j.idempotency.as_ref().map(|i| (i.scope, i.key.clone())))
+        .collect();
+    if !keys.is_empty() {
+        let found = tx.idempotency_lookup(&keys).await?;
+        for (job, reply) in jobs.iter().zip(replies.iter_mut()) {
+            let Some(spec) = &job.idempotency else {
+                continue;
+            };
+            if let Some(record) = found
+                .iter()
+                .find(|r| r.scope == spec.scope && r.key == spec.key)
+            {
+                *reply = Some(if record.request_hash == spec.request_hash {
+                    Reply::Replay(record.clone())
+                } else {
+                    Reply::KeyReused
+                });
+            }
+        }
+    }
+    let pending = || {
+        jobs.iter()
+            .zip(replies.iter())
+            .filter(|(_, r)| r.is_none())
+            .map(|(j, _)| &j.envelope.command)
+    };
+
+    let transaction_ids: Vec<Uuid> = pending().filter_map(Command::transaction_ref).collect();
+    let transfer_ids: Vec<Uuid> = pending().filter_map(Command::transfer_ref).collect();
+    let (transactions, transfers) = if transaction_ids.is_empty() && transfer_ids.is_empty() {
+        (Vec::new(), Vec::new())
+    } else {
+        tx.load_refs(&transaction_ids, &transfer_ids).await?
+    };
+
+    let mut account_ids = Vec::new();
+    for command in pending() {
+        command.account_ids(&mut account_ids);
+    }
+    account_ids.extend(transactions.iter().map(|t| t.account_id));
+    account_ids.extend(
+        transfers
+            .iter()
+            .flat_map(|t| [t.from_account_id, t.to_account_id]),
+    );
+    account_ids.sort_unstable();
+    account_ids.dedup();
+    let accounts = if account_ids.is_empty() {
+        Vec::new()
+    } else {
+        tx.lock_accounts(&account_ids).await?
+    };
+
+    let numbers: Vec<String> = pending()
+        .filter_map(|c| match c {
+            Command::CreateAccount(new) => new.account_number.clone(),
+            _ => None,
+        })
+        .collect();
+    let taken = if numbers.is_empty() {
+        Vec::new()
+    } else {
+        tx.taken_account_numbers(&numbers).await?
+    };
+
+    let now = now_micros();
+    let mut working = Working::new(now, accounts, transactions, transfers, taken);
+    let mut records = Vec::new();
+    for (job, reply) in jobs.iter().zip(replies.iter_mut()) {
+        if reply.is_some() {
+            continue;
+        }
+        let outcome = working.apply(&job.envelope);
+        let stored = job.idempotency.as_ref().map(|spec| {
+            let response = (spec.render)(&outcome);
+            records.push(IdempotencyRecord {
+                scope: spec.scope,
+                key: spec.key.clone(),
+                request_hash: spec.request_hash.clone(),
+                status: response.status,
+                body: response.body.clone(),
+                created_at: now,
+            });
+            response
+        });
+        *reply = Some(Reply::Applied { outcome, stored });
+    }
+    let changes = working.into_changes();
+    if !changes.is_empty() || !records.is_empty() {
+        tx.write(&changes, &records).await?;
+    }
+    tx.commit().await?;
+    Ok(replies
+        .into_iter()
+        .map(|r| r.expect("every job has a reply"))
+        .collect())
+}

@@ -1,0 +1,349 @@
+//! Row mapping and the batched writes of the ledger engine.
+
+use serde_json::Value;
+use sqlx::postgres::PgRow;
+use sqlx::{Postgres, Row};
+use zeta_ledger::{
+    Account, AccountStatus, Changes, Currency, FailureReason, Transaction, TransactionStatus,
+    TransactionType, Transfer, TransferStatus, TransferView,
+};
+use zeta_store::{ApiKeyRecord, IdempotencyRecord, StoreError, StoreResult};
+
+use crate::classify;
+
+fn corrupt(what: &str, value: &str) -> StoreError {
+    StoreError::Other(format!("unexpected {what} in database: {value:?}"))
+}
+
+fn get<'r, T: sqlx::Decode<'r, Postgres> + sqlx::Type<Postgres>>(
+    row: &'r PgRow,
+    column: &str,
+) -> StoreResult<T> {
+    row.try_get(column).map_err(classify)
+}
+
+fn currency(row: &PgRow) -> StoreResult<Currency> {
+    let text: String = get(row, "currency")?;
+    text.parse().map_err(|()| corrupt("currency", &text))
+}
+
+fn parsed<T>(row: &PgRow, column: &str, parse: fn(&str) -> Option<T>) -> StoreResult<T> {
+    let text: String = get(row, column)?;
+    parse(&text).ok_or_else(|| corrupt(column, &text))
+}
+
+pub(crate) fn account_from_row(row: &PgRow) -> StoreResult<Account> {
+    let metadata = match get::<Value>(row, "metadata")? {
+        Value::Object(map) => map,
+        other => return Err(corrupt("metadata", &other.to_string())),
+    };
+    Ok(Account {
+        id: get(row, "id")?,
+        account_number: get(row, "account_number")?,
+        owner_name: get(row, "owner_name")?,
+        currency: currency(row)?,
+        balance: get(row, "balance")?,
+        held: get(row, "held")?,
+        status: parsed(row, "status", AccountStatus::parse)?,
+        version: get(row, "version")?,
+        seq: get(row, "seq")?,
+        metadata,
+        created_at: get(row, "created_at")?,
+        updated_at: get(row, "updated_at")?,
+    })
+}
+
+pub(crate) fn transaction_from_row(row: &PgRow) -> StoreResult<Transaction> {
+    let failure: Option<String> = get(row, "failure_reason")?;
+    Ok(Transaction {
+        id: get(row, "id")?,
+        account_id: get(row, "account_id")?,
+        seq: get(row, "seq")?,
+        posted_seq: get(row, "posted_seq")?,
+        kind: parsed(row, "type", TransactionType::parse)?,
+        amount: get(row, "amount")?,
+        currency: currency(row)?,
+        status: parsed(row, "status", TransactionStatus::parse)?,
+        balance_after: get(row, "balance_after")?,
+        transfer_id: get(row, "transfer_id")?,
+        reverses_id: get(row, "reverses_id")?,
+        reversed_by_id: get(row, "reversed_by_id")?,
+        failure_reason: failure
+            .map(|f| FailureReason::parse(&f).ok_or_else(|| corrupt("failure_reason", &f)))
+            .transpose()?,
+        description: get(row, "description")?,
+        reference: get(row, "reference")?,
+        created_at: get(row, "created_at")?,
+        posted_at: get(row, "posted_at")?,
+        updated_at: get(row, "updated_at")?,
+    })
+}
+
+pub(crate) fn transfer_from_row(row: &PgRow) -> StoreResult<Transfer> {
+    Ok(Transfer {
+        id: get(row, "id")?,
+        from_account_id: get(row, "from_account_id")?,
+        to_account_id: get(row, "to_account_id")?,
+        amount: get(row, "amount")?,
+        currency: currency(row)?,
+        status: parsed(row, "status", TransferStatus::parse)?,
+        debit_id: get(row, "debit_id")?,
+        credit_id: get(row, "credit_id")?,
+        reverses_id: get(row, "reverses_id")?,
+        reversed_by_id: get(row, "reversed_by_id")?,
+        description: get(row, "description")?,
+        reference: get(row, "reference")?,
+        created_at: get(row, "created_at")?,
+        updated_at: get(row, "updated_at")?,
+    })
+}
+
+pub(crate) fn assemble_transfer(
+    transfer: Transfer,
+    legs: &[Transaction],
+) -> StoreResult<TransferView> {
+    let find = |id| legs.iter().find(|t| t.id == id).cloned();
+    let debit = find(transfer.debit_id)
+        .ok_or_else(|| StoreError::Other(format!("transfer {} has no debit leg", transfer.id)))?;
+    let credit = transfer.credit_id.and_then(find);
+    Ok(TransferView {
+        transfer,
+        debit,
+        credit,
+    })
+}
+
+pub(crate) fn idempotency_from_row(row: &PgRow) -> StoreResult<IdempotencyRecord> {
+    let status: i16 = get(row, "status")?;
+    Ok(IdempotencyRecord {
+        scope: get(row, "api_key_id")?,
+        key: get(row, "key")?,
+        request_hash: get(row, "request_hash")?,
+        status: u16::try_from(status).map_err(|_| corrupt("status", &status.to_string()))?,
+        body: get(row, "body")?,
+        created_at: get(row, "created_at")?,
+    })
+}
+
+pub(crate) fn api_key_from_row(row: &PgRow) -> StoreResult<ApiKeyRecord> {
+    Ok(ApiKeyRecord {
+        id: get(row, "id")?,
+        name: get(row, "name")?,
+        role: get(row, "role")?,
+        account_ids: get(row, "account_ids")?,
+        created_at: get(row, "created_at")?,
+        revoked_at: get(row, "revoked_at")?,
+    })
+}
+
+/// Writes a batch with one statement per table and kind of change.
+pub(crate) async fn write_changes(
+    tx: &mut sqlx::Transaction<'static, Postgres>,
+    c: &Changes,
+    idempotency: &[IdempotencyRecord],
+) -> StoreResult<()> {
+    if !c.new_accounts.is_empty() {
+        let a = &c.new_accounts;
+        sqlx::query(
+            "INSERT INTO accounts (id, account_number, owner_name, currency, balance, held, status,
+                                   version, seq, metadata, created_at, updated_at)
+             SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int8[],
+                                  $6::int8[], $7::text[], $8::int8[], $9::int8[], $10::jsonb[],
+                                  $11::timestamptz[], $12::timestamptz[])",
+        )
+        .bind(a.iter().map(|x| x.id).collect::<Vec<_>>())
+        .bind(
+            a.iter()
+                .map(|x| x.account_number.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(a.iter().map(|x| x.owner_name.as_str()).collect::<Vec<_>>())
+        .bind(a.iter().map(|x| x.currency.as_str()).collect::<Vec<_>>())
+        .bind(a.iter().map(|x| x.balance).collect::<Vec<_>>())
+        .bind(a.iter().map(|x| x.held).collect::<Vec<_>>())
+        .bind(a.iter().map(|x| x.status.as_str()).collect::<Vec<_>>())
+        .bind(a.iter().map(|x| x.version).collect::<Vec<_>>())
+        .bind(a.iter().map(|x| x.seq).collect::<Vec<_>>())
+        .bind(
+            a.iter()
+                .map(|x| Value::Object(x.metadata.clone()))
+                .collect::<Vec<_>>(),
+        )
+        .bind(a.iter().map(|x| x.created_at).collect::<Vec<_>>())
+        .bind(a.iter().map(|x| x.updated_at).collect::<Vec<_>>())
+        .execute(&mut **tx)
+        .await
+        .map_err(classify)?;
+    }
+    if !c.updated_accounts.is_empty() {
+        let a = &c.updated_accounts;
+        sqlx::query(
+            "UPDATE accounts AS a SET owner_name = u.owner_name, balance = u.balance,
+                    held = u.held, status = u.status, version = u.version, seq = u.seq,
+                    metadata = u.metadata, updated_at = u.updated_at
+               FROM unnest($1::uuid[], $2::text[], $3::int8[], $4::int8[], $5::text[],
+                           $6::int8[], $7::int8[], $8::jsonb[], $9::timestamptz[])
+                 AS u(id, owner_name, balance, held, status, version, seq, metadata, updated_at)
+              WHERE a.id = u.id",
+        )
+        .bind(a.iter().map(|x| x.id).collect::<Vec<_>>())
+        .bind(a.iter().map(|x| x.owner_name.as_str()).collect::<Vec<_>>())
+        .bind(a.iter().map(|x| x.balance).collect::<Vec<_>>())
+        .bind(a.iter().map(|x| x.held).collect::<Vec<_>>())
+        .bind(a.iter().map(|x| x.status.as_str()).collect::<Vec<_>>())
+        .bind(a.iter().map(|x| x.version).collect::<Vec<_>>())
+        .bind(a.iter().map(|x| x.seq).collect::<Vec<_>>())
+        .bind(
+            a.iter()
+                .map(|x| Value::Object(x.metadata.clone()))
+                .collect::<Vec<_>>(),
+        )
+        .bind(a.iter().map(|x| x.updated_at).collect::<Vec<_>>())
+        .execute(&mut **tx)
+        .await
+        .map_err(classify)?;
+    }
+    // Transfers before their legs (the legs reference them); reversal links are updates.
+    if !c.new_transfers.is_empty() {
+        let t = &c.new_transfers;
+        sqlx::query(
+            "INSERT INTO transfers (id, from_account_id, to_account_id, amount, currency, status,
+                                    debit_id, credit_id, reverses_id, reversed_by_id, description,
+                                    reference, created_at, updated_at)
+             SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::int8[], $5::text[],
+                                  $6::text[], $7::uuid[], $8::uuid[], $9::uuid[], $10::uuid[],
+                                  $11::text[], $12::text[], $13::timestamptz[], $14::timestamptz[])",
+        )
+        .bind(t.iter().map(|x| x.id).collect::<Vec<_>>())
+        .bind(t.iter().map(|x| x.from_account_id).collect::<Vec<_>>())
+        .bind(t.iter().map(|x| x.to_account_id).collect::<Vec<_>>())
+        .bind(t.iter().map(|x| x.amount).collect::<Vec<_>>())
+        .bind(t.iter().map(|x| x.currency.as_str()).collect::<Vec<_>>())
+        .bind(t.iter().map(|x| x.status.as_str()).collect::<Vec<_>>())
+        .bind(t.iter().map(|x| x.debit_id).collect::<Vec<_>>())
+        .bind(t.iter().map(|x| x.credit_id).collect::<Vec<_>>())
+        .bind(t.iter().map(|x| x.reverses_id).collect::<Vec<_>>())
+        .bind(t.iter().map(|x| x.reversed_by_id).collect::<Vec<_>>())
+        .bind(t.iter().map(|x| x.description.as_deref()).collect::<Vec<_>>())
+        .bind(t.iter().map(|x| x.reference.as_deref()).collect::<Vec<_>>())
+        .bind(t.iter().map(|x| x.created_at).collect::<Vec<_>>())
+        .bind(t.iter().map(|x| x.updated_at).collect::<Vec<_>>())
+        .execute(&mut **tx)
+        .await
+        .map_err(classify)?;
+    }
+    if !c.updated_transfers.is_empty() {
+        let t = &c.updated_transfers;
+        sqlx::query(
+            "UPDATE transfers AS t SET status = u.status, reversed_by_id = u.reversed_by_id,
+                    updated_at = u.updated_at
+               FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::timestamptz[])
+                 AS u(id, status, reversed_by_id, updated_at)
+              WHERE t.id = u.id",
+        )
+        .bind(t.iter().map(|x| x.id).collect::<Vec<_>>())
+        .bind(t.iter().map(|x| x.status.as_str()).collect::<Vec<_>>())
+        .bind(t.iter().map(|x| x.reversed_by_id).collect::<Vec<_>>())
+        .bind(t.iter().map(|x| x.updated_at).collect::<Vec<_>>())
+        .execute(&mut **tx)
+        .await
+        .map_err(classify)?;
+    }
+    if !c.new_transactions.is_empty() {
+        let t = &c.new_transactions;
+        sqlx::query(
+            "INSERT INTO transactions (id, account_id, seq, posted_seq, type, amount, currency,
+                                       status, balance_after, transfer_id, reverses_id,
+                                       reversed_by_id, failure_reason, description, reference,
+                                       created_at, posted_at, updated_at)
+             SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::int8[], $4::int8[], $5::text[],
+                                  $6::int8[], $7::text[], $8::text[], $9::int8[], $10::uuid[],
+                                  $11::uuid[], $12::uuid[], $13::text[], $14::text[], $15::text[],
+                                  $16::timestamptz[], $17::timestamptz[], $18::timestamptz[])",
+        )
+        .bind(t.iter().map(|x| x.id).collect::<Vec<_>>())
+        .bind(t.iter().map(|x| x.account_id).collect::<Vec<_>>())
+        .bind(t.iter().map(|x| x.seq).collect::<Vec<_>>())
+        .bind(t.iter().map(|x| x.posted_seq).collect::<Vec<_>>())
+        .bind(t.iter().map(|x| x.kind.as_str()).collect::<Vec<_>>())
+        .bind(t.iter().map(|x| x.amount).collect::<Vec<_>>())
+        .bind(t.iter().map(|x| x.currency.as_str()).collect::<Vec<_>>())
+        .bind(t.iter().map(|x| x.status.as_str()).collect::<Vec<_>>())
+        .bind(t.iter().map(|x| x.balance_after).collect::<Vec<_>>())
+        .bind(t.iter().map(|x| x.transfer_id).collect::<Vec<_>>())
+        .bind(t.iter().map(|x| x.reverses_id).collect::<Vec<_>>())
+        .bind(t.iter().map(|x| x.reversed_by_id).collect::<Vec<_>>())
+        .bind(
+            t.iter()
+                .map(|x| x.failure_reason.map(|f| f.as_str()))
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            t.iter()
+                .map(|x| x.description.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .bind(t.iter().map(|x| x.reference.as_deref()).collect::<Vec<_>>())
+        .bind(t.iter().map(|x| x.created_at).collect::<Vec<_>>())
+        .bind(t.iter().map(|x| x.posted_at).collect::<Vec<_>>())
+        .bind(t.iter().map(|x| x.updated_at).collect::<Vec<_>>())
+        .execute(&mut **tx)
+        .await
+        .map_err(classify)?;
+    }
+    if !c.updated_transactions.is_empty() {
+        let t = &c.updated_transactions;
+        sqlx::query(
+            "UPDATE transactions AS t SET status = u.status, posted_seq = u.posted_seq,
+                    balance_after = u.balance_after, reversed_by_id = u.reversed_by_id,
+                    failure_reason = u.failure_reason, posted_at = u.posted_at,
+                    updated_at = u.updated_at
+               FROM unnest($1::uuid[], $2::text[], $3::int8[], $4::int8[], $5::uuid[], $6::text[],
+                           $7::timestamptz[], $8::timestamptz[])
+                 AS u(id, status, posted_seq, balance_after, reversed_by_id, failure_reason,
+                      posted_at, updated_at)
+              WHERE t.id = u.id",
+        )
+        .bind(t.iter().map(|x| x.id).collect::<Vec<_>>())
+        .bind(t.iter().map(|x| x.status.as_str()).collect::<Vec<_>>())
+        .bind(t.iter().map(|x| x.posted_seq).collect::<Vec<_>>())
+        .bind(t.iter().map(|x| x.balance_after).collect::<Vec<_>>())
+        .bind(t.iter().map(|x| x.reversed_by_id).collect::<Vec<_>>())
+        .bind(
+            t.iter()
+                .map(|x| x.failure_reason.map(|f| f.as_str()))
+                .collect::<Vec<_>>(),
+        )
+        .bind(t.iter().map(|x| x.posted_at).collect::<Vec<_>>())
+        .bind(t.iter().map(|x| x.updated_at).collect::<Vec<_>>())
+        .execute(&mut **tx)
+        .await
+        .map_err(classify)?;
+    }
+    if !idempotency.is_empty() {
+        let i = idempotency;
+        sqlx::query(
+            "INSERT INTO idempotency_keys (api_key_id, key, request_hash, status, body, created_at)
+             SELECT * FROM unnest($1::uuid[], $2::text[], $3::bytea[], $4::int2[], $5::bytea[],
+                                  $6::timestamptz[])",
+        )
+        .bind(i.iter().map(|x| x.scope).collect::<Vec<_>>())
+        .bind(i.iter().map(|x| x.key.as_str()).collect::<Vec<_>>())
+        .bind(
+            i.iter()
+                .map(|x| x.request_hash.as_slice())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            i.iter()
+                .map(|x| i16::try_from(x.status).unwrap_or(500))
+                .collect::<Vec<_>>(),
+        )
+        .bind(i.iter().map(|x| x.body.as_slice()).collect::<Vec<_>>())
+        .bind(i.iter().map(|x| x.created_at).collect::<Vec<_>>())
+        .execute(&mut **tx)
+        .await
+        .map_err(classify)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,153 @@
+//! The storage boundary of Zeta. The ledger engine and the API talk to a [`Store`]; each backend
+//! (PostgreSQL, SQLite) implements it with its own SQL. No database type crosses this trait.
+
+use async_trait::async_trait;
+use time::OffsetDateTime;
+use uuid::Uuid;
+use zeta_ledger::{
+    Account, AccountStatus, Changes, Transaction, TransactionStatus, TransactionType, Transfer,
+    TransferView,
+};
+
+/// A storage failure, classified by what the caller should do about it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// Another transaction got in the way (serialization failure, deadlock, a unique key that a
+    /// concurrent transaction just took): run the whole transaction again.
+    #[error("transient conflict: {0}")]
+    Conflict(String),
+    /// The database cannot be reached or did not answer in time: retry later.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// Anything else: a bug or a broken database; never retried.
+    #[error("database error: {0}")]
+    Other(String),
+}
+
+impl StoreError {
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, StoreError::Conflict(_) | StoreError::Unavailable(_))
+    }
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// A stored response to an idempotent request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IdempotencyRecord {
+    /// The API key the request was made with.
+    pub scope: Uuid,
+    pub key: String,
+    /// SHA-256 of the method, path and canonical body.
+    pub request_hash: Vec<u8>,
+    pub status: u16,
+    pub body: Vec<u8>,
+    pub created_at: OffsetDateTime,
+}
+
+/// An API key as stored: never the secret, only its hash.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiKeyRecord {
+    pub id: Uuid,
+    pub name: String,
+    pub role: String,
+    pub account_ids: Option<Vec<Uuid>>,
+    pub created_at: OffsetDateTime,
+    pub revoked_at: Option<OffsetDateTime>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct AccountFilter {
+    pub account_number: Option<String>,
+    pub status: Option<AccountStatus>,
+    /// Only these accounts (a scoped key).
+    pub only: Option<Vec<Uuid>>,
+    /// Accounts created after this one (the cursor).
+    pub after: Option<Uuid>,
+    pub limit: u32,
+}
+
+#[derive(Clone, Debug)]
+pub struct TransactionFilter {
+    pub account_id: Uuid,
+    pub status: Option<TransactionStatus>,
+    pub kind: Option<TransactionType>,
+    pub since: Option<OffsetDateTime>,
+    pub until: Option<OffsetDateTime>,
+    /// Transactions recorded before this position (the cursor).
+    pub before_seq: Option<i64>,
+    pub limit: u32,
+}
+
+/// What `verify` found: one line per broken account, transfer or row.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct VerifyReport {
+    pub accounts: i64,
+    pub transactions: i64,
+    pub total_balance: i128,
+    pub problems: Vec<String>,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Applies pending migrations.
+    async fn migrate(&self) -> StoreResult<()>;
+    /// One round trip, for readiness.
+    async fn ping(&self) -> StoreResult<()>;
+    /// Starts a write transaction for the ledger engine (REPEATABLE READ or its equivalent).
+    async fn begin(&self) -> StoreResult<Box<dyn LedgerTx>>;
+
+    async fn get_account(&self, id: Uuid) -> StoreResult<Option<Account>>;
+    async fn list_accounts(&self, filter: &AccountFilter) -> StoreResult<Vec<Account>>;
+    async fn get_transaction(&self, id: Uuid) -> StoreResult<Option<Transaction>>;
+    async fn list_transactions(&self, filter: &TransactionFilter) -> StoreResult<Vec<Transaction>>;
+    async fn get_transfer(&self, id: Uuid) -> StoreResult<Option<TransferView>>;
+    /// The balance after the last movement posted at or before `at` (0 before the first).
+    async fn balance_at(&self, account_id: Uuid, at: OffsetDateTime) -> StoreResult<i64>;
+
+    async fn get_idempotency(
+        &self,
+        scope: Uuid,
+        key: &str,
+    ) -> StoreResult<Option<IdempotencyRecord>>;
+
+    /// The live (not revoked) key with this secret hash.
+    async fn find_api_key(&self, secret_hash: &[u8]) -> StoreResult<Option<ApiKeyRecord>>;
+    /// Inserts a key; with `if_none_exist`, only when the table is empty (returns false otherwise)
+    /// — and when a live key with the same hash exists, does nothing and returns false.
+    async fn insert_api_key(
+        &self,
+        key: &ApiKeyRecord,
+        secret_hash: &[u8],
+        if_none_exist: bool,
+    ) -> StoreResult<bool>;
+
+    /// Recomputes every balance and checks the invariants on one consistent snapshot.
+    async fn verify(&self) -> StoreResult<VerifyReport>;
+}
+
+/// One write transaction of the ledger engine. Dropping it without `commit` rolls it back.
+#[async_trait]
+pub trait LedgerTx: Send {
+    async fn idempotency_lookup(
+        &mut self,
+        keys: &[(Uuid, String)],
+    ) -> StoreResult<Vec<IdempotencyRecord>>;
+    /// The transactions with these ids, plus the transfers with these ids or that any of those
+    /// transactions belongs to, plus every leg of those transfers.
+    async fn load_refs(
+        &mut self,
+        transaction_ids: &[Uuid],
+        transfer_ids: &[Uuid],
+    ) -> StoreResult<(Vec<Transaction>, Vec<Transfer>)>;
+    /// Locks the accounts (`ids` ascending, no duplicates) for the rest of the transaction.
+    async fn lock_accounts(&mut self, ids: &[Uuid]) -> StoreResult<Vec<Account>>;
+    /// Those of `numbers` that some account already has.
+    async fn taken_account_numbers(&mut self, numbers: &[String]) -> StoreResult<Vec<String>>;
+    async fn write(
+        &mut self,
+        changes: &Changes,
+        idempotency: &[IdempotencyRecord],
+    ) -> StoreResult<()>;
+    async fn commit(self: Box<Self>) -> StoreResult<()>;
+}

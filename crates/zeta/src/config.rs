@@ -1,0 +1,182 @@
+//! The one configuration struct: every knob is a flag and an environment variable.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use zeta_engine::{EngineSettings, RetryPolicy};
+use zeta_store_postgres::PgSettings;
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// JSON lines when stderr is not a terminal, text otherwise.
+    Auto,
+    Json,
+    Text,
+}
+
+/// Settings shared by every subcommand.
+#[derive(Args, Clone)]
+pub struct Settings {
+    /// Database: `postgres://…` for PostgreSQL, `sqlite://PATH` for SQLite; unset means the
+    /// embedded SQLite file `./zeta.db`.
+    #[arg(long, env = "DATABASE_URL", global = true)]
+    pub database_url: Option<String>,
+
+    /// Log format.
+    #[arg(
+        long,
+        env = "ZETA_LOG_FORMAT",
+        value_enum,
+        default_value = "auto",
+        global = true
+    )]
+    pub log_format: LogFormat,
+
+    /// Most database connections in the pool.
+    #[arg(
+        long,
+        env = "ZETA_DB_MAX_CONNECTIONS",
+        default_value_t = 16,
+        global = true
+    )]
+    pub db_max_connections: u32,
+
+    /// Longest wait for a pooled connection, in milliseconds.
+    #[arg(
+        long,
+        env = "ZETA_DB_ACQUIRE_TIMEOUT_MS",
+        default_value_t = 3000,
+        global = true
+    )]
+    pub db_acquire_timeout_ms: u64,
+
+    /// Statement timeout set on every connection, in milliseconds.
+    #[arg(
+        long,
+        env = "ZETA_DB_STATEMENT_TIMEOUT_MS",
+        default_value_t = 10_000,
+        global = true
+    )]
+    pub db_statement_timeout_ms: u64,
+
+    /// Lock timeout set on every connection, in milliseconds.
+    #[arg(
+        long,
+        env = "ZETA_DB_LOCK_TIMEOUT_MS",
+        default_value_t = 5000,
+        global = true
+    )]
+    pub db_lock_timeout_ms: u64,
+}
+
+impl fmt::Debug for Settings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Settings")
+            .field(
+                "database_url",
+                &self.database_url.as_deref().map(redact_url),
+            )
+            .field("log_format", &self.log_format)
+            .field("db_max_connections", &self.db_max_connections)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A database URL without its password.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{}://{user}:***{}", &url[..scheme], &url[at..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+impl Settings {
+    pub fn pg(&self) -> PgSettings {
+        PgSettings {
+            max_connections: self.db_max_connections,
+            acquire_timeout: Duration::from_millis(self.db_acquire_timeout_ms),
+            statement_timeout: Duration::from_millis(self.db_statement_timeout_ms),
+            lock_timeout: Duration::from_millis(self.db_lock_timeout_ms),
+        }
+    }
+}
+
+/// Settings of `zeta serve`.
+#[derive(Args, Clone)]
+pub struct ServeSettings {
+    /// Address to listen on.
+    #[arg(long, env = "ZETA_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Makes sure an admin key with exactly this secret exists at start.
+    #[arg(long, env = "ZETA_BOOTSTRAP_API_KEY", hide_env_values = true)]
+    pub bootstrap_api_key: Option<String>,
+
+    /// Ledger writer tasks (commands on one account always go to the same writer).
+    #[arg(long, env = "ZETA_ENGINE_WRITERS", default_value_t = 2)]
+    pub engine_writers: usize,
+
+    /// Most commands committed in one database transaction.
+    #[arg(long, env = "ZETA_ENGINE_MAX_BATCH", default_value_t = 512)]
+    pub engine_max_batch: usize,
+
+    /// Commands that may queue per writer before submitters wait.
+    #[arg(long, env = "ZETA_ENGINE_QUEUE", default_value_t = 8192)]
+    pub engine_queue: usize,
+
+    /// Attempts of a batch on serialization failures, deadlocks and lost connections before 503.
+    #[arg(long, env = "ZETA_RETRY_MAX_ATTEMPTS", default_value_t = 10)]
+    pub retry_max_attempts: u32,
+
+    /// Longest wait for in-flight requests and queued commands at shutdown, in seconds.
+    #[arg(long, env = "ZETA_SHUTDOWN_TIMEOUT_SECS", default_value_t = 30)]
+    pub shutdown_timeout_secs: u64,
+}
+
+impl fmt::Debug for ServeSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServeSettings")
+            .field("listen", &self.listen)
+            .field(
+                "bootstrap_api_key",
+                &self.bootstrap_api_key.as_ref().map(|_| "***"),
+            )
+            .field("engine_writers", &self.engine_writers)
+            .field("engine_max_batch", &self.engine_max_batch)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServeSettings {
+    pub fn engine(&self) -> EngineSettings {
+        EngineSettings {
+            writers: self.engine_writers.max(1),
+            max_batch: self.engine_max_batch.max(1),
+            queue_capacity: self.engine_queue.max(1),
+            retry: RetryPolicy {
+                max_attempts: self.retry_max_attempts.max(1),
+                ..RetryPolicy::default()
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact_url("postgres://zeta:s3cret@db:5432/zeta"),
+            "postgres://zeta:***@db:5432/zeta"
+        );
+        assert_eq!(redact_url("sqlite://zeta.db"), "sqlite://zeta.db");
+    }
+}

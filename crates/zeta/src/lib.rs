@@ -1,0 +1,98 @@
+//! The Zeta server as a library: configuration, store selection, start-up and the CLI commands.
+
+pub mod config;
+
+use std::sync::Arc;
+
+use time::OffsetDateTime;
+use uuid::Uuid;
+use zeta_api::auth::{generate_secret, hash_secret};
+use zeta_store::{ApiKeyRecord, Store, StoreError, VerifyReport};
+use zeta_store_postgres::PgStore;
+
+use crate::config::Settings;
+
+/// Opens the store named by `DATABASE_URL`.
+pub fn open_store(settings: &Settings) -> Result<Arc<dyn Store>, String> {
+    match settings.database_url.as_deref() {
+        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+            let store = PgStore::connect(url, &settings.pg()).map_err(|e| e.to_string())?;
+            Ok(Arc::new(store))
+        }
+        Some(url) => Err(format!(
+            "unsupported DATABASE_URL scheme in {:?}: use postgres://",
+            config::redact_url(url)
+        )),
+        None => Err("DATABASE_URL is not set: set it to a postgres:// URL".into()),
+    }
+}
+
+/// Creates an API key and returns its secret (shown once).
+pub async fn create_api_key(
+    store: &dyn Store,
+    name: &str,
+    role: &str,
+    account_ids: Option<Vec<Uuid>>,
+) -> Result<String, StoreError> {
+    let secret = generate_secret();
+    let record = ApiKeyRecord {
+        id: Uuid::now_v7(),
+        name: name.to_string(),
+        role: role.to_string(),
+        account_ids,
+        created_at: zeta_ledger::now_micros(),
+        revoked_at: None,
+    };
+    store
+        .insert_api_key(&record, &hash_secret(&secret), false)
+        .await?;
+    Ok(secret)
+}
+
+/// At start: makes sure the bootstrap key exists, or — when none is configured and no key exists
+/// at all — creates an admin key and returns its secret to print once.
+pub async fn bootstrap_keys(
+    store: &dyn Store,
+    bootstrap: Option<&str>,
+) -> Result<Option<String>, StoreError> {
+    let record = ApiKeyRecord {
+        id: Uuid::now_v7(),
+        name: "bootstrap".into(),
+        role: "admin".into(),
+        account_ids: None,
+        created_at: OffsetDateTime::now_utc(),
+        revoked_at: None,
+    };
+    match bootstrap {
+        Some(secret) => {
+            store
+                .insert_api_key(&record, &hash_secret(secret), false)
+                .await?;
+            Ok(None)
+        }
+        None => {
+            let secret = generate_secret();
+            let created = store
+                .insert_api_key(&record, &hash_secret(&secret), true)
+                .await?;
+            Ok(created.then_some(secret))
+        }
+    }
+}
+
+/// Renders a verify report; `true` when clean.
+pub fn print_report(report: &VerifyReport) -> bool {
+    println!(
+        "checked {} accounts and {} transactions; total balance {}",
+        report.accounts, report.transactions, report.total_balance
+    );
+    for problem in &report.problems {
+        println!("BROKEN {problem}");
+    }
+    if report.problems.is_empty() {
+        println!("OK: every invariant holds");
+    } else {
+        println!("FAILED: {} problem(s)", report.problems.len());
+    }
+    report.problems.is_empty()
+}
