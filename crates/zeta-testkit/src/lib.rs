@@ -1,1 +1,338 @@
+//! Test helpers: a fresh PostgreSQL database per test, and the whole Zeta app in process.
+//!
+//! PostgreSQL comes from `TEST_DATABASE_URL` (else `DATABASE_URL`, else the local server at
+//! `postgres://postgres@127.0.0.1:5432/postgres`). When it cannot be reached the tests fail —
+//! they never skip.
 
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{HeaderMap, HeaderValue, Method, Request};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use sqlx::Connection;
+use tower::ServiceExt;
+use uuid::Uuid;
+use zeta_api::AppState;
+use zeta_api::auth::{generate_secret, hash_secret};
+use zeta_engine::{Engine, EngineSettings};
+use zeta_store::{ApiKeyRecord, Store, VerifyReport};
+use zeta_store_postgres::{PgSettings, PgStore};
+
+pub const DEFAULT_SERVER: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+/// The server's maintenance URL that tests create their databases on.
+pub fn server_url() -> String {
+    std::env::var("TEST_DATABASE_URL")
+        .or_else(|_| std::env::var("DATABASE_URL"))
+        .ok()
+        .filter(|u| u.starts_with("postgres"))
+        .unwrap_or_else(|| DEFAULT_SERVER.to_string())
+}
+
+fn with_database(url: &str, name: &str) -> String {
+    let (base, query) = url
+        .split_once('?')
+        .map_or((url, None), |(b, q)| (b, Some(q)));
+    let slash = base
+        .rfind('/')
+        .filter(|i| *i > base.find("://").map_or(0, |s| s + 2));
+    let root = slash.map_or(base, |i| &base[..i]);
+    match query {
+        Some(q) => format!("{root}/{name}?{q}"),
+        None => format!("{root}/{name}"),
+    }
+}
+
+/// A database of its own for one test; dropped (forcefully) when the test ends.
+pub struct TestDb {
+    pub url: String,
+    pub name: String,
+    server: String,
+}
+
+impl TestDb {
+    pub async fn create() -> Self {
+        let server = server_url();
+        let name = format!("zeta_test_{}", Uuid::new_v4().simple());
+        let mut conn = sqlx::PgConnection::connect(&server)
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "PostgreSQL is required for this test and cannot be reached at {server}: {e}"
+                )
+            });
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut conn)
+            .await
+            .expect("create test database");
+        let _ = conn.close().await;
+        Self {
+            url: with_database(&server, &name),
+            name,
+            server,
+        }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let server = self.server.clone();
+        let name = self.name.clone();
+        // Drop runs outside async context guarantees; use a private runtime on a thread.
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async {
+                if let Ok(mut conn) = sqlx::PgConnection::connect(&server).await {
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                    )))
+                    .execute(&mut conn)
+                    .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// A response, with its body read.
+#[derive(Debug)]
+pub struct TestResponse {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: Vec<u8>,
+    /// The body as JSON (`Null` when it is not JSON).
+    pub json: Value,
+}
+
+impl TestResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// The problem `code`, for error responses.
+    pub fn code(&self) -> &str {
+        self.json["code"].as_str().unwrap_or("")
+    }
+
+    pub fn id(&self) -> String {
+        self.json["id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("response has no id: {} {}", self.status, self.json))
+            .to_string()
+    }
+}
+
+/// The Zeta app on its own database, called in process through the full middleware stack.
+pub struct TestApp {
+    pub router: Router,
+    pub state: AppState,
+    pub store: Arc<PgStore>,
+    pub engine: Arc<Engine>,
+    /// An unscoped admin key.
+    pub admin_key: String,
+    pub db: TestDb,
+}
+
+impl TestApp {
+    pub async fn spawn() -> Self {
+        Self::spawn_with(EngineSettings::default()).await
+    }
+
+    pub async fn spawn_with(engine_settings: EngineSettings) -> Self {
+        let db = TestDb::create().await;
+        let settings = PgSettings {
+            max_connections: 8,
+            ..PgSettings::default()
+        };
+        let store = Arc::new(PgStore::connect(&db.url, &settings).expect("store"));
+        store.migrate().await.expect("migrations");
+        let dyn_store: Arc<dyn Store> = store.clone();
+        let engine = Arc::new(Engine::start(dyn_store.clone(), engine_settings));
+        let state = AppState::new(dyn_store, engine.clone());
+        let router = zeta_api::router(state.clone());
+        let mut app = Self {
+            router,
+            state,
+            store,
+            engine,
+            admin_key: String::new(),
+            db,
+        };
+        app.admin_key = app.key("admin", None).await;
+        app
+    }
+
+    /// Creates a key with this role (and account scope) and returns its secret.
+    pub async fn key(&self, role: &str, account_ids: Option<Vec<Uuid>>) -> String {
+        let secret = generate_secret();
+        let record = ApiKeyRecord {
+            id: Uuid::now_v7(),
+            name: format!("test {role}"),
+            role: role.into(),
+            account_ids,
+            created_at: time::OffsetDateTime::now_utc()
+                .replace_nanosecond(0)
+                .expect("valid"),
+            revoked_at: None,
+        };
+        self.store
+            .insert_api_key(&record, &hash_secret(&secret), false)
+            .await
+            .expect("insert key");
+        secret
+    }
+
+    pub fn req(&self, method: Method, path: &str) -> TestRequest<'_> {
+        TestRequest {
+            app: self,
+            method,
+            path: path.to_string(),
+            headers: vec![("authorization".into(), format!("Bearer {}", self.admin_key))],
+            body: None,
+        }
+    }
+
+    pub fn get(&self, path: &str) -> TestRequest<'_> {
+        self.req(Method::GET, path)
+    }
+
+    pub fn post(&self, path: &str, body: Value) -> TestRequest<'_> {
+        self.req(Method::POST, path).json(&body)
+    }
+
+    /// Creates an account and returns it.
+    pub async fn account(&self, currency: &str) -> Value {
+        let r = self
+            .post(
+                "/v1/accounts",
+                json!({"owner_name": "Test Owner", "currency": currency}),
+            )
+            .send()
+            .await;
+        assert_eq!(r.status, 201, "create account: {}", r.json);
+        r.json
+    }
+
+    /// Creates an account holding `balance` and returns its id.
+    pub async fn funded(&self, currency: &str, balance: i64) -> String {
+        let id = self.account(currency).await["id"]
+            .as_str()
+            .expect("id")
+            .to_string();
+        if balance > 0 {
+            let r = self
+                .post(
+                    &format!("/v1/accounts/{id}/credits"),
+                    json!({"amount": balance}),
+                )
+                .send()
+                .await;
+            assert_eq!(r.status, 201, "fund account: {}", r.json);
+        }
+        id
+    }
+
+    pub async fn balance(&self, id: &str) -> (i64, i64) {
+        let r = self.get(&format!("/v1/accounts/{id}")).send().await;
+        assert_eq!(r.status, 200, "{}", r.json);
+        (
+            r.json["balance"].as_i64().expect("balance"),
+            r.json["available_balance"].as_i64().expect("available"),
+        )
+    }
+
+    pub async fn verify(&self) -> VerifyReport {
+        self.store.verify().await.expect("verify")
+    }
+
+    /// Asserts that `zeta verify` finds nothing broken.
+    pub async fn assert_verified(&self) {
+        let report = self.verify().await;
+        assert!(report.problems.is_empty(), "verify: {:?}", report.problems);
+    }
+}
+
+/// A request being built.
+pub struct TestRequest<'a> {
+    app: &'a TestApp,
+    method: Method,
+    path: String,
+    headers: Vec<(String, String)>,
+    body: Option<Vec<u8>>,
+}
+
+impl TestRequest<'_> {
+    pub fn json(mut self, body: &Value) -> Self {
+        self.body = Some(serde_json::to_vec(body).expect("json"));
+        self.header("content-type", "application/json")
+    }
+
+    /// A raw body with no content type set.
+    pub fn raw(mut self, body: impl Into<Vec<u8>>) -> Self {
+        self.body = Some(body.into());
+        self
+    }
+
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        self.headers.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
+        self.headers.push((name.to_string(), value.to_string()));
+        self
+    }
+
+    pub fn key(self, secret: &str) -> Self {
+        self.header("authorization", &format!("Bearer {secret}"))
+    }
+
+    pub fn no_auth(mut self) -> Self {
+        self.headers.retain(|(n, _)| n != "authorization");
+        self
+    }
+
+    pub fn idempotency(self, key: &str) -> Self {
+        self.header("idempotency-key", key)
+    }
+
+    pub async fn send(self) -> TestResponse {
+        let router = self.app.router.clone();
+        self.send_to(&router).await
+    }
+
+    /// Sends the request to another app instance (e.g. a second engine on the same database).
+    pub async fn send_to(self, router: &Router) -> TestResponse {
+        let mut builder = Request::builder().method(self.method).uri(&self.path);
+        for (name, value) in &self.headers {
+            builder = builder.header(
+                name.as_str(),
+                HeaderValue::from_bytes(value.as_bytes()).expect("header value"),
+            );
+        }
+        let request = builder
+            .body(self.body.map_or_else(Body::empty, Body::from))
+            .expect("request");
+        let response = router.clone().oneshot(request).await.expect("infallible");
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes()
+            .to_vec();
+        let json = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        TestResponse {
+            status,
+            headers,
+            body,
+            json,
+        }
+    }
+}

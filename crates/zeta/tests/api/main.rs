@@ -1,0 +1,9 @@
+//! API tests against a real PostgreSQL: every test gets its own database.
+
+mod accounts;
+mod concurrency;
+mod errors;
+mod holds;
+mod idempotency;
+mod money;
+mod transfers;

@@ -1,0 +1,99 @@
+//! The `zeta` binary: migrate, api-key create, verify (exit codes and reports).
+
+use std::process::Command;
+
+use sqlx::Connection;
+use zeta_testkit::TestDb;
+
+fn zeta(db: &TestDb, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_zeta"))
+        .args(args)
+        .env("DATABASE_URL", &db.url)
+        .env("ZETA_LOG_FORMAT", "text")
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run zeta")
+}
+
+#[tokio::test]
+async fn migrate_then_verify_clean_then_broken() {
+    let db = TestDb::create().await;
+    let out = zeta(&db, &["migrate"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Migrations are idempotent.
+    assert!(zeta(&db, &["migrate"]).status.success());
+
+    let key = zeta(
+        &db,
+        &["api-key", "create", "--role", "operator", "--name", "ops"],
+    );
+    assert!(key.status.success());
+    let secret = String::from_utf8(key.stdout).expect("utf8");
+    assert!(
+        secret.trim().starts_with("zeta_") && secret.trim().len() == 69,
+        "{secret:?}"
+    );
+    assert_eq!(secret.lines().count(), 1, "the secret alone on stdout");
+
+    let mut conn = sqlx::PgConnection::connect(&db.url).await.expect("connect");
+    let account = uuid::Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO accounts (id, account_number, owner_name, currency, balance, seq, version, created_at, updated_at)
+         VALUES ($1, 'ACCT0001', 'A', 'USD', 100, 2, 2, now(), now())",
+    )
+    .bind(account)
+    .execute(&mut conn)
+    .await
+    .expect("account");
+    sqlx::query(
+        "INSERT INTO transactions (id, account_id, seq, posted_seq, type, amount, currency, status, balance_after, created_at, posted_at, updated_at)
+         VALUES ($1, $2, 1, 2, 'credit', 100, 'USD', 'completed', 100, now(), now(), now())",
+    )
+    .bind(uuid::Uuid::now_v7())
+    .bind(account)
+    .execute(&mut conn)
+    .await
+    .expect("transaction");
+
+    let clean = zeta(&db, &["verify"]);
+    let report = String::from_utf8_lossy(&clean.stdout);
+    assert_eq!(clean.status.code(), Some(0), "{report}");
+    assert!(
+        report.contains("checked 1 accounts and 1 transactions"),
+        "{report}"
+    );
+
+    // Tamper with the balance: verify exits 1 and names the account.
+    sqlx::query("UPDATE accounts SET balance = 150 WHERE id = $1")
+        .bind(account)
+        .execute(&mut conn)
+        .await
+        .expect("tamper");
+    let broken = zeta(&db, &["verify"]);
+    let report = String::from_utf8_lossy(&broken.stdout);
+    assert_eq!(broken.status.code(), Some(1), "{report}");
+    assert!(
+        report.contains(&format!("BROKEN account {account}")),
+        "{report}"
+    );
+}
+
+#[test]
+fn unsupported_database_url_is_a_clear_error() {
+    let out = Command::new(env!("CARGO_BIN_EXE_zeta"))
+        .args(["migrate"])
+        .env("DATABASE_URL", "mysql://u:pw@localhost/db")
+        .output()
+        .expect("run zeta");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("unsupported DATABASE_URL"), "{stderr}");
+    assert!(
+        !stderr.contains("pw@"),
+        "the password is never printed: {stderr}"
+    );
+}
