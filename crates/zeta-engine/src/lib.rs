@@ -43,9 +43,16 @@ impl Default for EngineSettings {
 }
 
 /// Capped, jittered exponential backoff with a budget of attempts.
+///
+/// Conflicts (serialization failures, deadlocks) are cheap to retry and expected under
+/// contention from other instances, so they get a larger budget than an unreachable database,
+/// where every attempt may wait for a connection.
 #[derive(Clone, Debug)]
 pub struct RetryPolicy {
+    /// Attempts of a batch that keeps hitting conflicts.
     pub max_attempts: u32,
+    /// Attempts of a batch while the database is unreachable.
+    pub max_unavailable_attempts: u32,
     pub base_delay: Duration,
     pub max_delay: Duration,
 }
@@ -53,9 +60,10 @@ pub struct RetryPolicy {
 impl Default for RetryPolicy {
     fn default() -> Self {
         Self {
-            max_attempts: 10,
-            base_delay: Duration::from_millis(2),
-            max_delay: Duration::from_millis(250),
+            max_attempts: 40,
+            max_unavailable_attempts: 3,
+            base_delay: Duration::from_millis(1),
+            max_delay: Duration::from_millis(100),
         }
     }
 }
@@ -242,25 +250,81 @@ impl Writer {
     /// Runs the jobs as one transaction, retrying transient failures within the budget.
     async fn execute(&self, jobs: &[Job]) -> Result<Vec<Reply>, EngineError> {
         let policy = &self.settings.retry;
-        let mut attempt = 0;
+        let (mut conflicts, mut outages) = (0, 0);
         loop {
-            match apply_batch(self.store.as_ref(), jobs).await {
+            let error = match apply_batch(self.store.as_ref(), jobs).await {
                 Ok(replies) => {
                     self.observer.batch_committed(jobs.len());
                     return Ok(replies);
                 }
-                Err(e) if e.is_retryable() => {
-                    self.observer.retried(&e);
-                    attempt += 1;
-                    if attempt >= policy.max_attempts {
-                        tracing::warn!(error = %e, attempts = attempt, "retry budget exhausted");
-                        return Err(EngineError::Unavailable(e.to_string()));
+                Err(BatchFailure {
+                    error,
+                    in_doubt: Some((batch_id, replies)),
+                }) => {
+                    // The COMMIT's answer was lost: find out whether it happened.
+                    tracing::warn!(error = %error, %batch_id, "commit outcome unknown; resolving");
+                    match self.resolve(batch_id).await? {
+                        true => {
+                            self.observer.batch_committed(jobs.len());
+                            return Ok(replies);
+                        }
+                        false => error,
                     }
-                    tracing::debug!(error = %e, attempt, "retrying batch");
-                    tokio::time::sleep(policy.delay(attempt)).await;
                 }
+                Err(BatchFailure { error, .. }) => error,
+            };
+            if !error.is_retryable() {
+                return Err(EngineError::Internal(error.to_string()));
+            }
+            self.observer.retried(&error);
+            let (attempt, budget) = match error {
+                StoreError::Conflict(_) => {
+                    conflicts += 1;
+                    (conflicts, policy.max_attempts)
+                }
+                _ => {
+                    outages += 1;
+                    (outages, policy.max_unavailable_attempts)
+                }
+            };
+            if attempt >= budget {
+                tracing::warn!(error = %error, attempts = attempt, "retry budget exhausted");
+                return Err(EngineError::Unavailable(error.to_string()));
+            }
+            tracing::debug!(error = %error, attempt, "retrying batch");
+            tokio::time::sleep(policy.delay(attempt)).await;
+        }
+    }
+
+    /// Whether an in-doubt batch committed, asking the store within the retry budget.
+    async fn resolve(&self, batch_id: Uuid) -> Result<bool, EngineError> {
+        let policy = &self.settings.retry;
+        for attempt in 0..policy.max_attempts {
+            match self.store.resolve_batch(batch_id).await {
+                Ok(Some(committed)) => return Ok(committed),
+                Ok(None) => break,
+                Err(e) if e.is_retryable() => tokio::time::sleep(policy.delay(attempt + 1)).await,
                 Err(e) => return Err(EngineError::Internal(e.to_string())),
             }
+        }
+        Err(EngineError::Unavailable(format!(
+            "the outcome of batch {batch_id} is unknown"
+        )))
+    }
+}
+
+/// A failed attempt. `in_doubt`: the COMMIT was sent but its answer lost — the batch id and the
+/// replies that stand if it did commit.
+struct BatchFailure {
+    error: StoreError,
+    in_doubt: Option<(Uuid, Vec<Reply>)>,
+}
+
+impl From<StoreError> for BatchFailure {
+    fn from(error: StoreError) -> Self {
+        Self {
+            error,
+            in_doubt: None,
         }
     }
 }
@@ -273,7 +337,7 @@ fn answer(jobs: &mut Vec<Job>, replies: Vec<Reply>) {
 }
 
 /// One attempt at a batch: one database transaction.
-async fn apply_batch(store: &dyn Store, jobs: &[Job]) -> Result<Vec<Reply>, StoreError> {
+async fn apply_batch(store: &dyn Store, jobs: &[Job]) -> Result<Vec<Reply>, BatchFailure> {
     let mut tx = store.begin().await?;
     let mut replies: Vec<Option<Reply>> = vec![None; jobs.len()];
 
@@ -367,12 +431,24 @@ async fn apply_batch(store: &dyn Store, jobs: &[Job]) -> Result<Vec<Reply>, Stor
         *reply = Some(Reply::Applied { outcome, stored });
     }
     let changes = working.into_changes();
-    if !changes.is_empty() || !records.is_empty() {
-        tx.write(&changes, &records).await?;
-    }
-    tx.commit().await?;
-    Ok(replies
+    let replies: Vec<Reply> = replies
         .into_iter()
         .map(|r| r.expect("every job has a reply"))
-        .collect())
+        .collect();
+    if changes.is_empty() && records.is_empty() {
+        // Nothing to write: whether the COMMIT lands changes nothing.
+        let _ = tx.commit().await;
+        return Ok(replies);
+    }
+    let batch_id = Uuid::now_v7();
+    tx.write(&changes, &records).await?;
+    tx.mark_batch(batch_id).await?;
+    match tx.commit().await {
+        Ok(()) => Ok(replies),
+        Err(error @ StoreError::Unavailable(_)) => Err(BatchFailure {
+            error,
+            in_doubt: Some((batch_id, replies)),
+        }),
+        Err(error) => Err(error.into()),
+    }
 }

@@ -63,8 +63,14 @@ pub struct PgStore {
     pool: PgPool,
 }
 
-const MIGRATIONS: &[(i64, &str, &str)] =
-    &[(1, "ledger", include_str!("../migrations/0001_ledger.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "ledger", include_str!("../migrations/0001_ledger.sql")),
+    (
+        2,
+        "ledger commits",
+        include_str!("../migrations/0002_ledger_commits.sql"),
+    ),
+];
 
 /// Maps a driver error to what the caller should do about it.
 pub(crate) fn classify(err: sqlx::Error) -> StoreError {
@@ -379,6 +385,41 @@ impl Store for PgStore {
     async fn verify(&self) -> StoreResult<VerifyReport> {
         verify::run(&self.pool).await
     }
+
+    async fn resolve_batch(&self, batch_id: Uuid) -> StoreResult<Option<bool>> {
+        // Inserting the same key waits for an in-flight transaction that inserted it: when that
+        // one committed, the insert conflicts (committed); when it rolled back or never got there,
+        // this row now blocks it from ever committing (not committed).
+        let inserted =
+            sqlx::query("INSERT INTO ledger_commits (id) VALUES ($1) ON CONFLICT (id) DO NOTHING")
+                .bind(batch_id)
+                .execute(&self.pool)
+                .await
+                .map_err(classify)?
+                .rows_affected();
+        Ok(Some(inserted == 0))
+    }
+
+    async fn purge_expired(&self, before: OffsetDateTime) -> StoreResult<u64> {
+        let keys = sqlx::query("DELETE FROM idempotency_keys WHERE created_at < $1")
+            .bind(before)
+            .execute(&self.pool)
+            .await
+            .map_err(classify)?
+            .rows_affected();
+        let batches = sqlx::query("DELETE FROM ledger_commits WHERE created_at < $1")
+            .bind(before)
+            .execute(&self.pool)
+            .await
+            .map_err(classify)?
+            .rows_affected();
+        Ok(keys + batches)
+    }
+
+    fn pool_stats(&self) -> (u32, u32) {
+        let idle = u32::try_from(self.pool.num_idle()).unwrap_or(u32::MAX);
+        (self.pool.size(), idle)
+    }
 }
 
 struct PgLedgerTx {
@@ -503,6 +544,15 @@ impl LedgerTx for PgLedgerTx {
         idempotency: &[IdempotencyRecord],
     ) -> StoreResult<()> {
         rows::write_changes(&mut self.tx, changes, idempotency).await
+    }
+
+    async fn mark_batch(&mut self, batch_id: Uuid) -> StoreResult<()> {
+        sqlx::query("INSERT INTO ledger_commits (id) VALUES ($1)")
+            .bind(batch_id)
+            .execute(&mut *self.tx)
+            .await
+            .map_err(classify)?;
+        Ok(())
     }
 
     async fn commit(self: Box<Self>) -> StoreResult<()> {

@@ -124,6 +124,23 @@ pub trait Store: Send + Sync + 'static {
 
     /// Recomputes every balance and checks the invariants on one consistent snapshot.
     async fn verify(&self) -> StoreResult<VerifyReport>;
+
+    /// After a COMMIT whose answer was lost: did the batch marked `batch_id` commit? Waits for
+    /// the transaction to end if it is still running, and makes sure a batch found not committed
+    /// can never commit later. `None`: this backend cannot tell.
+    async fn resolve_batch(&self, _batch_id: Uuid) -> StoreResult<Option<bool>> {
+        Ok(None)
+    }
+
+    /// Deletes idempotency records and batch markers created before `before`; returns how many.
+    async fn purge_expired(&self, _before: OffsetDateTime) -> StoreResult<u64> {
+        Ok(0)
+    }
+
+    /// Connections of the pool: (open, idle).
+    fn pool_stats(&self) -> (u32, u32) {
+        (0, 0)
+    }
 }
 
 /// One write transaction of the ledger engine. Dropping it without `commit` rolls it back.
@@ -149,5 +166,9 @@ pub trait LedgerTx: Send {
         changes: &Changes,
         idempotency: &[IdempotencyRecord],
     ) -> StoreResult<()>;
+    /// Records that this transaction is batch `batch_id` (see [`Store::resolve_batch`]).
+    async fn mark_batch(&mut self, _batch_id: Uuid) -> StoreResult<()> {
+        Ok(())
+    }
     async fn commit(self: Box<Self>) -> StoreResult<()>;
 }

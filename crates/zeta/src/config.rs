@@ -130,9 +130,18 @@ pub struct ServeSettings {
     #[arg(long, env = "ZETA_ENGINE_QUEUE", default_value_t = 8192)]
     pub engine_queue: usize,
 
-    /// Attempts of a batch on serialization failures, deadlocks and lost connections before 503.
-    #[arg(long, env = "ZETA_RETRY_MAX_ATTEMPTS", default_value_t = 10)]
+    /// Attempts of a batch on serialization failures and deadlocks before 503.
+    #[arg(long, env = "ZETA_RETRY_MAX_ATTEMPTS", default_value_t = 40)]
     pub retry_max_attempts: u32,
+
+    /// Attempts of a batch while the database is unreachable before 503.
+    #[arg(long, env = "ZETA_RETRY_UNAVAILABLE_ATTEMPTS", default_value_t = 3)]
+    pub retry_unavailable_attempts: u32,
+
+    /// How long idempotency keys (and batch markers) are kept, in hours (at least 24).
+    #[arg(long, env = "ZETA_IDEMPOTENCY_RETENTION_HOURS", default_value_t = 48,
+          value_parser = clap::value_parser!(u64).range(24..))]
+    pub idempotency_retention_hours: u64,
 
     /// Longest wait for in-flight requests and queued commands at shutdown, in seconds.
     #[arg(long, env = "ZETA_SHUTDOWN_TIMEOUT_SECS", default_value_t = 30)]
@@ -161,6 +170,7 @@ impl ServeSettings {
             queue_capacity: self.engine_queue.max(1),
             retry: RetryPolicy {
                 max_attempts: self.retry_max_attempts.max(1),
+                max_unavailable_attempts: self.retry_unavailable_attempts.max(1),
                 ..RetryPolicy::default()
             },
         }

@@ -80,6 +80,23 @@ pub async fn bootstrap_keys(
     }
 }
 
+/// How often expired idempotency keys are purged.
+pub const PURGE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Deletes idempotency keys older than `retention`, every [`PURGE_INTERVAL`], forever.
+pub async fn purge_expired_forever(store: Arc<dyn Store>, retention: std::time::Duration) {
+    let mut tick = tokio::time::interval(PURGE_INTERVAL);
+    loop {
+        tick.tick().await;
+        let before = OffsetDateTime::now_utc() - retention;
+        match store.purge_expired(before).await {
+            Ok(n) if n > 0 => tracing::info!(deleted = n, "purged expired idempotency keys"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "purging expired idempotency keys failed"),
+        }
+    }
+}
+
 /// Renders a verify report; `true` when clean.
 pub fn print_report(report: &VerifyReport) -> bool {
     println!(

@@ -105,6 +105,10 @@ async fn serve(settings: Settings, serve: ServeSettings) -> Result<(), String> {
         );
     }
     let engine = Arc::new(Engine::start(store.clone(), serve.engine()));
+    tokio::spawn(zeta::purge_expired_forever(
+        store.clone(),
+        Duration::from_secs(serve.idempotency_retention_hours * 3600),
+    ));
     let state = AppState::new(store, engine);
     let listener = TcpListener::bind(serve.listen)
         .await

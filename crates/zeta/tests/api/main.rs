@@ -3,6 +3,7 @@
 mod accounts;
 mod concurrency;
 mod errors;
+mod faults;
 mod holds;
 mod idempotency;
 mod money;
