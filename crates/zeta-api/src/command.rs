@@ -12,7 +12,7 @@ use zeta_store::IdempotencyRecord;
 
 use crate::error::{ApiError, PROBLEM_JSON};
 use crate::request::Ctx;
-use crate::{AppState, engine_error, store_error, views};
+use crate::{AppState, store_error, views};
 
 /// Per-item validation errors of a transfer batch (None for valid items).
 pub(crate) type ItemErrors = Arc<Vec<Option<ApiError>>>;
@@ -141,12 +141,7 @@ pub(crate) async fn execute(
         move |outcome: &Outcome| render(outcome, success, &request_id, &instance, &errors);
 
     let (outcome, stored) = match &ctx.idempotency_key {
-        None => match state
-            .engine
-            .submit(envelope, None)
-            .await
-            .map_err(engine_error)?
-        {
+        None => match state.submit(envelope, None).await? {
             Reply::Applied { outcome, .. } => {
                 let stored = renderer(&outcome);
                 (outcome, stored)
@@ -179,12 +174,7 @@ pub(crate) async fn execute(
                 request_hash: request_hash.clone(),
                 render: Arc::new(renderer),
             };
-            match state
-                .engine
-                .submit(envelope, Some(spec))
-                .await
-                .map_err(engine_error)?
-            {
+            match state.submit(envelope, Some(spec)).await? {
                 Reply::Applied {
                     outcome,
                     stored: Some(stored),

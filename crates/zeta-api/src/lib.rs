@@ -2,11 +2,13 @@
 //! Handlers contain no SQL: reads go to the [`Store`], every change to the ledger [`Engine`].
 
 pub mod auth;
+pub mod breaker;
 mod command;
 pub mod error;
 pub mod json;
 pub mod request;
 mod routes;
+pub mod telemetry;
 pub mod views;
 
 use std::collections::HashSet;
@@ -21,6 +23,7 @@ use uuid::Uuid;
 use zeta_engine::{Engine, EngineError};
 use zeta_store::{Store, StoreError};
 
+use crate::breaker::{BreakerSettings, CircuitBreaker};
 pub use error::ApiError;
 
 /// Everything a handler needs, assembled once at start.
@@ -28,15 +31,26 @@ pub use error::ApiError;
 pub struct AppState {
     pub store: Arc<dyn Store>,
     pub engine: Arc<Engine>,
+    pub breaker: Arc<CircuitBreaker>,
     in_flight: Arc<Mutex<HashSet<(Uuid, String)>>>,
     shutting_down: Arc<AtomicBool>,
 }
 
 impl AppState {
     pub fn new(store: Arc<dyn Store>, engine: Arc<Engine>) -> Self {
+        Self::with_breaker(store, engine, BreakerSettings::default())
+    }
+
+    pub fn with_breaker(
+        store: Arc<dyn Store>,
+        engine: Arc<Engine>,
+        breaker: BreakerSettings,
+    ) -> Self {
+        telemetry::handle();
         Self {
             store,
             engine,
+            breaker: Arc::new(CircuitBreaker::new(breaker)),
             in_flight: Arc::default(),
             shutting_down: Arc::default(),
         }
@@ -48,6 +62,21 @@ impl AppState {
 
     pub fn is_shutting_down(&self) -> bool {
         self.shutting_down.load(Ordering::SeqCst)
+    }
+
+    /// Submits a command to the engine, feeding the circuit breaker.
+    pub(crate) async fn submit(
+        &self,
+        envelope: zeta_ledger::Envelope,
+        idempotency: Option<zeta_engine::IdempotencySpec>,
+    ) -> Result<zeta_engine::Reply, ApiError> {
+        let result = self
+            .engine
+            .submit(envelope, idempotency)
+            .await
+            .map_err(engine_error);
+        self.breaker.observe(&result);
+        result
     }
 
     /// Marks an idempotency key as being processed by this instance; 409 when it already is.
@@ -103,6 +132,7 @@ pub(crate) fn engine_error(e: EngineError) -> ApiError {
 /// The whole HTTP application.
 pub fn router(state: AppState) -> Router {
     routes::routes()
+        .route_layer(middleware::from_fn(request::route_template))
         .with_state(state)
         .layer(middleware::from_fn(request::context))
 }

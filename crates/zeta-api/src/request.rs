@@ -2,17 +2,18 @@
 //! API.md (400/413/415, then 401, then 422).
 
 use axum::body::{Body, to_bytes};
-use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::extract::{FromRequest, FromRequestParts, MatchedPath, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::AppState;
 use crate::auth::{Caller, hash_secret};
-use crate::error::{ApiError, FieldError, PROBLEM_JSON, PendingProblem};
+use crate::error::{ApiError, FieldError, PendingProblem};
 use crate::json;
 
 pub const REQUEST_ID: &str = "x-request-id";
@@ -27,25 +28,61 @@ fn valid_request_id(v: &HeaderValue) -> Option<String> {
         .then(|| String::from_utf8_lossy(bytes).into_owned())
 }
 
-/// Outermost middleware: assigns the request id, echoes it, and renders every error response as
-/// problem+json with `request_id` and `instance`.
+/// The route template that served a request (never the raw path), for metrics and logs.
+#[derive(Clone, Debug)]
+pub struct RouteTemplate(pub String);
+
+/// Route-level middleware: passes the matched route template out to [`context`].
+pub async fn route_template(req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_string());
+    let mut response = next.run(req).await;
+    if let Some(route) = route {
+        response.extensions_mut().insert(RouteTemplate(route));
+    }
+    response
+}
+
+/// Outermost middleware: assigns the request id, echoes it, renders every error response as
+/// problem+json with `request_id` and `instance`, and records the request's metrics and log line.
 pub async fn context(mut req: Request, next: Next) -> Response {
+    let started = std::time::Instant::now();
     let request_id = req
         .headers()
         .get(REQUEST_ID)
         .and_then(valid_request_id)
         .unwrap_or_else(|| Uuid::now_v7().to_string());
     let instance = req.uri().path().to_string();
+    let method = req.method().clone();
     req.extensions_mut().insert(RequestId(request_id.clone()));
-    let span = tracing::info_span!("request", request_id = %request_id, method = %req.method(), path = %instance);
-    let mut response = {
-        let _guard = span.enter();
-        next.run(req).await
-    };
+    let span = tracing::info_span!(
+        "request",
+        request_id = %request_id,
+        method = %method,
+        route = tracing::field::Empty,
+    );
+    let mut response = next.run(req).instrument(span.clone()).await;
     finish_problem(&mut response, &request_id, &instance);
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert(REQUEST_ID, v);
     }
+    let route = response
+        .extensions()
+        .get::<RouteTemplate>()
+        .map_or("unmatched", |r| r.0.as_str());
+    let elapsed = started.elapsed();
+    let status = response.status().as_u16();
+    crate::telemetry::record_request(method.as_str(), route, status, elapsed);
+    span.record("route", route);
+    span.in_scope(|| {
+        tracing::info!(
+            status,
+            latency_ms = elapsed.as_secs_f64() * 1000.0,
+            "request finished"
+        );
+    });
     response
 }
 
@@ -54,11 +91,13 @@ fn finish_problem(response: &mut Response, request_id: &str, instance: &str) {
         Some(PendingProblem(e)) => e,
         None => {
             let status = response.status();
-            let is_problem = response
+            // Our own bodies (problems, readiness JSON) carry a JSON content type; the
+            // framework's carry none or plain text.
+            let ours = response
                 .headers()
                 .get(header::CONTENT_TYPE)
-                .is_some_and(|v| v.as_bytes().starts_with(PROBLEM_JSON.as_bytes()));
-            if !(status.is_client_error() || status.is_server_error()) || is_problem {
+                .is_some_and(|v| !v.as_bytes().starts_with(b"text/plain"));
+            if !(status.is_client_error() || status.is_server_error()) || ours {
                 return;
             }
             // Responses made by the router itself (unknown route, wrong method, a path that does
@@ -97,12 +136,14 @@ pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Calle
         })
         .filter(|t| !t.is_empty())
         .ok_or(ApiError::Unauthorized)?;
-    let record = state
+    state.breaker.admit()?;
+    let found = state
         .store
         .find_api_key(&hash_secret(token))
         .await
-        .map_err(crate::store_error)?
-        .ok_or(ApiError::Unauthorized)?;
+        .map_err(crate::store_error);
+    state.breaker.observe(&found);
+    let record = found?.ok_or(ApiError::Unauthorized)?;
     Caller::from_record(&record).ok_or(ApiError::Unauthorized)
 }
 

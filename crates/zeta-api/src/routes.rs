@@ -55,6 +55,7 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/v1/transfers/{id}/reverse", post(reverse_transfer))
         .route("/health/live", get(live))
         .route("/health/ready", get(ready))
+        .route("/metrics", get(metrics))
 }
 
 // ----- helpers -----------------------------------------------------------------------------
@@ -687,23 +688,55 @@ async fn live() -> Json<Value> {
 const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 async fn ready(State(state): State<AppState>) -> Response {
-    let database_ok = !state.is_shutting_down()
-        && matches!(
-            tokio::time::timeout(READY_TIMEOUT, state.store.ping()).await,
-            Ok(Ok(()))
-        );
+    if state.is_shutting_down() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "shutting_down", "checks": {"database": "ok", "shutdown": "in_progress"}})),
+        )
+            .into_response();
+    }
+    // The probe goes through the breaker, so an idle instance still finds out when the
+    // database is back.
+    let database_ok = match state.breaker.admit() {
+        Ok(()) => {
+            let ok = matches!(
+                tokio::time::timeout(READY_TIMEOUT, state.store.ping()).await,
+                Ok(Ok(()))
+            );
+            if ok {
+                state.breaker.success();
+            } else {
+                state.breaker.failure();
+            }
+            ok
+        }
+        Err(_) => false,
+    };
     if database_ok {
         Json(json!({"status": "ready", "checks": {"database": "ok"}})).into_response()
     } else {
-        let status = if state.is_shutting_down() {
-            "shutting_down"
-        } else {
-            "unavailable"
+        let circuit = match state.breaker.state() {
+            crate::breaker::BreakerState::Closed => "closed",
+            crate::breaker::BreakerState::Open => "open",
+            crate::breaker::BreakerState::HalfOpen => "half_open",
         };
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": status, "checks": {"database": if state.is_shutting_down() { "ok" } else { "down" }}})),
+            Json(json!({"status": "unavailable", "checks": {"database": "down", "circuit_breaker": circuit}})),
         )
             .into_response()
     }
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    let (open, idle) = state.store.pool_stats();
+    crate::telemetry::set_pool(open, idle);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        crate::telemetry::handle().render(),
+    )
+        .into_response()
 }

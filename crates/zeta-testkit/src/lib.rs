@@ -155,7 +155,11 @@ impl TestApp {
         let store = Arc::new(PgStore::connect(&db.url, &settings).expect("store"));
         store.migrate().await.expect("migrations");
         let dyn_store: Arc<dyn Store> = store.clone();
-        let engine = Arc::new(Engine::start(dyn_store.clone(), engine_settings));
+        let engine = Arc::new(Engine::start_observed(
+            dyn_store.clone(),
+            engine_settings,
+            Arc::new(zeta_api::telemetry::MetricsObserver),
+        ));
         let state = AppState::new(dyn_store, engine.clone());
         let router = zeta_api::router(state.clone());
         let mut app = Self {

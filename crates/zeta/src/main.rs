@@ -104,7 +104,11 @@ async fn serve(settings: Settings, serve: ServeSettings) -> Result<(), String> {
             "\nCreated the first admin API key. It is shown only this once:\n\n    {secret}\n"
         );
     }
-    let engine = Arc::new(Engine::start(store.clone(), serve.engine()));
+    let engine = Arc::new(Engine::start_observed(
+        store.clone(),
+        serve.engine(),
+        Arc::new(zeta_api::telemetry::MetricsObserver),
+    ));
     tokio::spawn(zeta::purge_expired_forever(
         store.clone(),
         Duration::from_secs(serve.idempotency_retention_hours * 3600),

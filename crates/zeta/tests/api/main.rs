@@ -7,4 +7,5 @@ mod faults;
 mod holds;
 mod idempotency;
 mod money;
+mod operations;
 mod transfers;

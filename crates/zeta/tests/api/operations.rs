@@ -1,0 +1,63 @@
+//! Health, readiness and metrics.
+
+use axum::http::Method;
+use serde_json::json;
+use zeta_testkit::TestApp;
+
+#[tokio::test]
+async fn health_endpoints_need_no_key() {
+    let app = TestApp::spawn().await;
+    let live = app.req(Method::GET, "/health/live").no_auth().send().await;
+    assert_eq!(live.status, 200);
+    assert_eq!(live.json, json!({"status": "ok"}));
+    let ready = app.req(Method::GET, "/health/ready").no_auth().send().await;
+    assert_eq!(ready.status, 200);
+    assert_eq!(
+        ready.json,
+        json!({"status": "ready", "checks": {"database": "ok"}})
+    );
+    assert!(ready.header("x-request-id").is_some());
+}
+
+#[tokio::test]
+async fn readiness_is_503_while_shutting_down() {
+    let app = TestApp::spawn().await;
+    app.state.begin_shutdown();
+    let ready = app.req(Method::GET, "/health/ready").no_auth().send().await;
+    assert_eq!(ready.status, 503);
+    assert_eq!(ready.json["status"], "shutting_down");
+}
+
+#[tokio::test]
+async fn metrics_carry_the_named_series_by_route_template() {
+    let app = TestApp::spawn().await;
+    let id = app.funded("USD", 10).await;
+    let r = app.get(&format!("/v1/accounts/{id}")).send().await;
+    assert_eq!(r.status, 200);
+    let missing = app.get("/v1/accounts/not-a-uuid").send().await;
+    assert_eq!(missing.status, 404);
+    let m = app.req(Method::GET, "/metrics").no_auth().send().await;
+    assert_eq!(m.status, 200);
+    assert!(
+        m.header("content-type")
+            .is_some_and(|c| c.starts_with("text/plain"))
+    );
+    let text = String::from_utf8(m.body).expect("utf8");
+    for name in [
+        "http_requests_total{",
+        "http_request_duration_seconds_bucket{",
+        "db_pool_connections{",
+        "db_retries_total",
+        "ledger_batch_size_bucket",
+        "circuit_breaker_state",
+        "rate_limited_total",
+    ] {
+        assert!(text.contains(name), "{name} missing from:\n{text}");
+    }
+    assert!(
+        text.contains(r#"route="/v1/accounts/{id}""#),
+        "labelled by route template:\n{text}"
+    );
+    assert!(!text.contains(&id), "never by raw path");
+    assert!(text.contains(r#"status="201""#));
+}
