@@ -1,4 +1,5 @@
-//! Test helpers: a fresh PostgreSQL database per test, and the whole Zeta app in process.
+//! Test helpers: a fresh database per test — a PostgreSQL database or a SQLite file — and the
+//! whole Zeta app in process.
 //!
 //! PostgreSQL comes from `TEST_DATABASE_URL` (else `DATABASE_URL`, else the local server at
 //! `postgres://postgres@127.0.0.1:5432/postgres`). When it cannot be reached the tests fail —
@@ -19,6 +20,14 @@ use zeta_api::auth::{generate_secret, hash_secret};
 use zeta_engine::{Engine, EngineSettings};
 use zeta_store::{ApiKeyRecord, Store, VerifyReport};
 use zeta_store_postgres::{PgSettings, PgStore};
+use zeta_store_sqlite::{SqliteSettings, SqliteStore};
+
+/// The store a test runs on.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Postgres,
+    Sqlite,
+}
 
 pub const DEFAULT_SERVER: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
@@ -47,15 +56,30 @@ fn with_database(url: &str, name: &str) -> String {
 
 /// A database of its own for one test; dropped (forcefully) when the test ends.
 pub struct TestDb {
+    pub backend: Backend,
     pub url: String,
     pub name: String,
     server: String,
 }
 
 impl TestDb {
+    /// A fresh PostgreSQL database.
     pub async fn create() -> Self {
-        let server = server_url();
+        Self::create_on(Backend::Postgres).await
+    }
+
+    pub async fn create_on(backend: Backend) -> Self {
         let name = format!("zeta_test_{}", Uuid::new_v4().simple());
+        if backend == Backend::Sqlite {
+            let path = std::env::temp_dir().join(format!("{name}.db"));
+            return Self {
+                backend,
+                url: format!("sqlite://{}", path.display()),
+                name,
+                server: String::new(),
+            };
+        }
+        let server = server_url();
         let mut conn = sqlx::PgConnection::connect(&server)
             .await
             .unwrap_or_else(|e| {
@@ -69,15 +93,43 @@ impl TestDb {
             .expect("create test database");
         let _ = conn.close().await;
         Self {
+            backend,
             url: with_database(&server, &name),
             name,
             server,
         }
     }
+
+    /// Opens this database's store (migrated).
+    pub async fn store(&self) -> Arc<dyn Store> {
+        let store: Arc<dyn Store> = match self.backend {
+            Backend::Postgres => {
+                let settings = PgSettings {
+                    max_connections: 8,
+                    ..PgSettings::default()
+                };
+                Arc::new(PgStore::connect(&self.url, &settings).expect("store"))
+            }
+            Backend::Sqlite => Arc::new(
+                SqliteStore::open(&self.url, &SqliteSettings::default())
+                    .await
+                    .expect("sqlite store"),
+            ),
+        };
+        store.migrate().await.expect("migrations");
+        store
+    }
 }
 
 impl Drop for TestDb {
     fn drop(&mut self) {
+        if self.backend == Backend::Sqlite {
+            let path = self.url.trim_start_matches("sqlite://");
+            for suffix in ["", "-wal", "-shm"] {
+                let _ = std::fs::remove_file(format!("{path}{suffix}"));
+            }
+            return;
+        }
         let server = self.server.clone();
         let name = self.name.clone();
         // Drop runs outside async context guarantees; use a private runtime on a thread.
@@ -134,7 +186,7 @@ impl TestResponse {
 pub struct TestApp {
     pub router: Router,
     pub state: AppState,
-    pub store: Arc<PgStore>,
+    pub store: Arc<dyn Store>,
     pub engine: Arc<Engine>,
     /// An unscoped admin key.
     pub admin_key: String,
@@ -142,25 +194,31 @@ pub struct TestApp {
 }
 
 impl TestApp {
+    /// The app on PostgreSQL.
     pub async fn spawn() -> Self {
-        Self::spawn_with(EngineSettings::default()).await
+        Self::spawn_on(Backend::Postgres).await
     }
 
-    pub async fn spawn_with(engine_settings: EngineSettings) -> Self {
-        let db = TestDb::create().await;
-        let settings = PgSettings {
-            max_connections: 8,
-            ..PgSettings::default()
+    pub async fn spawn_on(backend: Backend) -> Self {
+        let settings = match backend {
+            Backend::Postgres => EngineSettings::default(),
+            Backend::Sqlite => EngineSettings {
+                writers: 1,
+                ..EngineSettings::default()
+            },
         };
-        let store = Arc::new(PgStore::connect(&db.url, &settings).expect("store"));
-        store.migrate().await.expect("migrations");
-        let dyn_store: Arc<dyn Store> = store.clone();
+        Self::spawn_with(backend, settings).await
+    }
+
+    pub async fn spawn_with(backend: Backend, engine_settings: EngineSettings) -> Self {
+        let db = TestDb::create_on(backend).await;
+        let store = db.store().await;
         let engine = Arc::new(Engine::start_observed(
-            dyn_store.clone(),
+            store.clone(),
             engine_settings,
             Arc::new(zeta_api::telemetry::MetricsObserver),
         ));
-        let state = AppState::new(dyn_store, engine.clone());
+        let state = AppState::new(store.clone(), engine.clone());
         let router = zeta_api::router(state.clone());
         let mut app = Self {
             router,

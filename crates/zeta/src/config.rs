@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 use zeta_engine::{EngineSettings, RetryPolicy};
 use zeta_store_postgres::PgSettings;
+use zeta_store_sqlite::SqliteSettings;
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -97,6 +98,13 @@ pub fn redact_url(url: &str) -> String {
 }
 
 impl Settings {
+    pub fn sqlite(&self) -> SqliteSettings {
+        SqliteSettings {
+            max_connections: self.db_max_connections.max(2),
+            busy_timeout: Duration::from_millis(self.db_lock_timeout_ms),
+        }
+    }
+
     pub fn pg(&self) -> PgSettings {
         PgSettings {
             max_connections: self.db_max_connections,
@@ -118,7 +126,8 @@ pub struct ServeSettings {
     #[arg(long, env = "ZETA_BOOTSTRAP_API_KEY", hide_env_values = true)]
     pub bootstrap_api_key: Option<String>,
 
-    /// Ledger writer tasks (commands on one account always go to the same writer).
+    /// Ledger writer tasks (commands on one account always go to the same writer). SQLite
+    /// always uses one: it has one writer at a time.
     #[arg(long, env = "ZETA_ENGINE_WRITERS", default_value_t = 2)]
     pub engine_writers: usize,
 

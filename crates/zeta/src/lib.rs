@@ -9,21 +9,51 @@ use uuid::Uuid;
 use zeta_api::auth::{generate_secret, hash_secret};
 use zeta_store::{ApiKeyRecord, Store, StoreError, VerifyReport};
 use zeta_store_postgres::PgStore;
+use zeta_store_sqlite::SqliteStore;
 
 use crate::config::Settings;
 
-/// Opens the store named by `DATABASE_URL`.
-pub fn open_store(settings: &Settings) -> Result<Arc<dyn Store>, String> {
-    match settings.database_url.as_deref() {
-        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+/// The embedded database used when `DATABASE_URL` is unset.
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://zeta.db";
+
+/// Which backend a URL selects.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Postgres,
+    Sqlite,
+}
+
+pub fn backend_of(url: &str) -> Option<Backend> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Some(Backend::Postgres)
+    } else if url.starts_with("sqlite:") {
+        Some(Backend::Sqlite)
+    } else {
+        None
+    }
+}
+
+/// Opens the store named by `DATABASE_URL` (unset: the embedded SQLite file `./zeta.db`).
+pub async fn open_store(settings: &Settings) -> Result<(Arc<dyn Store>, Backend), String> {
+    let url = settings
+        .database_url
+        .as_deref()
+        .unwrap_or(DEFAULT_DATABASE_URL);
+    match backend_of(url) {
+        Some(Backend::Postgres) => {
             let store = PgStore::connect(url, &settings.pg()).map_err(|e| e.to_string())?;
-            Ok(Arc::new(store))
+            Ok((Arc::new(store), Backend::Postgres))
         }
-        Some(url) => Err(format!(
-            "unsupported DATABASE_URL scheme in {:?}: use postgres://",
+        Some(Backend::Sqlite) => {
+            let store = SqliteStore::open(url, &settings.sqlite())
+                .await
+                .map_err(|e| format!("cannot open {url}: {e}"))?;
+            Ok((Arc::new(store), Backend::Sqlite))
+        }
+        None => Err(format!(
+            "unsupported DATABASE_URL scheme in {:?}: use postgres://… or sqlite://PATH",
             config::redact_url(url)
         )),
-        None => Err("DATABASE_URL is not set: set it to a postgres:// URL".into()),
     }
 }
 

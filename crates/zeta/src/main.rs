@@ -91,7 +91,7 @@ async fn shutdown_signal() {
 }
 
 async fn serve(settings: Settings, serve: ServeSettings) -> Result<(), String> {
-    let store = zeta::open_store(&settings)?;
+    let (store, backend) = zeta::open_store(&settings).await?;
     store
         .migrate()
         .await
@@ -104,9 +104,13 @@ async fn serve(settings: Settings, serve: ServeSettings) -> Result<(), String> {
             "\nCreated the first admin API key. It is shown only this once:\n\n    {secret}\n"
         );
     }
+    let mut engine_settings = serve.engine();
+    if backend == zeta::Backend::Sqlite {
+        engine_settings.writers = 1;
+    }
     let engine = Arc::new(Engine::start_observed(
         store.clone(),
-        serve.engine(),
+        engine_settings,
         Arc::new(zeta_api::telemetry::MetricsObserver),
     ));
     tokio::spawn(zeta::purge_expired_forever(
@@ -143,7 +147,7 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
         None => serve(settings, cli.serve).await.map(|()| ExitCode::SUCCESS),
         Some(Cmd::Serve(s)) => serve(settings, s).await.map(|()| ExitCode::SUCCESS),
         Some(Cmd::Migrate) => {
-            let store = zeta::open_store(&settings)?;
+            let (store, _) = zeta::open_store(&settings).await?;
             store
                 .migrate()
                 .await
@@ -152,7 +156,7 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             Ok(ExitCode::SUCCESS)
         }
         Some(Cmd::Verify) => {
-            let store = zeta::open_store(&settings)?;
+            let (store, _) = zeta::open_store(&settings).await?;
             let report = store
                 .verify()
                 .await
@@ -164,7 +168,7 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             })
         }
         Some(Cmd::ApiKey(ApiKeyCmd::Create { role, name })) => {
-            let store = zeta::open_store(&settings)?;
+            let (store, _) = zeta::open_store(&settings).await?;
             store
                 .migrate()
                 .await

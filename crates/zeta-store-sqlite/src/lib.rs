@@ -1,0 +1,581 @@
+//! SQLite implementation of [`zeta_store::Store`]: the embedded backend. All of Zeta's SQLite SQL
+//! lives in this crate, always with bound parameters.
+//!
+//! Behaviour mirrors `zeta-store-postgres`; the concurrency model differs:
+//! - The database runs in WAL mode with `synchronous=FULL` (a COMMIT is durable when it returns),
+//!   foreign keys on and a busy timeout.
+//! - Every write transaction begins with `BEGIN IMMEDIATE`, which takes SQLite's single write lock
+//!   up front. Writers are serialized, so nothing a writer reads can change under it: this replaces
+//!   PostgreSQL's `REPEATABLE READ` plus `SELECT … FOR UPDATE`, and `lock_accounts` is a plain
+//!   `SELECT` inside the immediate transaction. The engine runs one writer on SQLite.
+//! - Readers use other pooled connections; WAL gives each read transaction a consistent snapshot
+//!   and never blocks the writer.
+//!
+//! Encodings: ids are TEXT (lowercase hyphenated UUIDs, whose text order is PostgreSQL's uuid
+//! order), timestamps INTEGER microseconds since the Unix epoch (UTC), metadata TEXT JSON, the
+//! `account_ids` of an API key a TEXT JSON array. Lists of ids are passed to SQL as one JSON array
+//! parameter read with `json_each`, SQLite's counterpart of PostgreSQL's `= ANY($1)`.
+
+/// Column lists, as literals so that queries stay `&'static str`.
+macro_rules! account_columns {
+    () => {
+        "id, account_number, owner_name, currency, balance, held, status, version, seq, metadata, created_at, updated_at"
+    };
+}
+macro_rules! transaction_columns {
+    () => {
+        "id, account_id, seq, posted_seq, type, amount, currency, status, balance_after, transfer_id, reverses_id, reversed_by_id, failure_reason, description, reference, created_at, posted_at, updated_at"
+    };
+}
+macro_rules! transfer_columns {
+    () => {
+        "id, from_account_id, to_account_id, amount, currency, status, debit_id, credit_id, reverses_id, reversed_by_id, description, reference, created_at, updated_at"
+    };
+}
+
+mod rows;
+mod verify;
+
+use std::borrow::Cow;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{QueryBuilder, Row, SqlSafeStr as _, Sqlite};
+use time::OffsetDateTime;
+use uuid::Uuid;
+use zeta_ledger::{Account, Changes, Transaction, Transfer, TransferView};
+use zeta_store::{
+    AccountFilter, ApiKeyRecord, IdempotencyRecord, LedgerTx, Store, StoreError, StoreResult,
+    TransactionFilter, VerifyReport,
+};
+
+use rows::{
+    account_from_row, id, id_list, idempotency_from_row, micros_bound, micros_of,
+    transaction_from_row, transfer_from_row,
+};
+
+/// Pool and connection settings.
+#[derive(Clone, Debug)]
+pub struct SqliteSettings {
+    /// Connections in the pool: the engine's one writer plus the readers. At least 1.
+    pub max_connections: u32,
+    /// How long a statement waits for a lock another connection (or process) holds before it
+    /// fails with SQLITE_BUSY (retryable); also how long a caller waits for a free connection.
+    pub busy_timeout: Duration,
+}
+
+impl Default for SqliteSettings {
+    fn default() -> Self {
+        Self {
+            max_connections: 8,
+            busy_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+const MIGRATIONS: &[(i64, &str, &str)] =
+    &[(1, "ledger", include_str!("../migrations/0001_ledger.sql"))];
+
+/// `UNIQUE constraint failed: …` messages of the keys a concurrent writer may have taken: the
+/// retry's pre-checks see them and answer properly. (SQLite reports no constraint name, only the
+/// columns.)
+const CONFLICT_KEYS: &[&str] = &[
+    "UNIQUE constraint failed: idempotency_keys.api_key_id, idempotency_keys.key",
+    "UNIQUE constraint failed: accounts.account_number",
+];
+
+/// SQLITE_BUSY and SQLITE_LOCKED, the primary codes of every extended code for "someone else
+/// holds the lock".
+const SQLITE_BUSY: i32 = 5;
+const SQLITE_LOCKED: i32 = 6;
+/// SQLITE_CONSTRAINT_PRIMARYKEY and SQLITE_CONSTRAINT_UNIQUE.
+const SQLITE_CONSTRAINT_PRIMARYKEY: i32 = 1555;
+const SQLITE_CONSTRAINT_UNIQUE: i32 = 2067;
+
+/// Maps a driver error to what the caller should do about it.
+pub(crate) fn classify(err: sqlx::Error) -> StoreError {
+    match &err {
+        sqlx::Error::Database(db) => {
+            // SQLite errors carry the extended result code; its low byte is the primary code.
+            let code = db
+                .code()
+                .and_then(|c| c.parse::<i32>().ok())
+                .unwrap_or_default();
+            let message = db.message();
+            match code {
+                c if c & 0xff == SQLITE_BUSY || c & 0xff == SQLITE_LOCKED => {
+                    StoreError::Unavailable(format!("{code}: {message}"))
+                }
+                SQLITE_CONSTRAINT_PRIMARYKEY | SQLITE_CONSTRAINT_UNIQUE
+                    if CONFLICT_KEYS.contains(&message) =>
+                {
+                    StoreError::Conflict(format!("{code}: {message}"))
+                }
+                _ => StoreError::Other(format!("{code}: {message}")),
+            }
+        }
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => StoreError::Unavailable(err.to_string()),
+        _ => StoreError::Other(err.to_string()),
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating it when missing) the database at `sqlite://PATH`, `sqlite:PATH` or a plain
+    /// file path, and connects one connection right away.
+    pub async fn open(url_or_path: &str, settings: &SqliteSettings) -> StoreResult<Self> {
+        let options = if url_or_path.starts_with("sqlite:") {
+            SqliteConnectOptions::from_str(url_or_path)
+                .map_err(|e| StoreError::Other(format!("bad DATABASE_URL: {e}")))?
+        } else {
+            SqliteConnectOptions::new().filename(url_or_path)
+        };
+        let options = options
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(settings.busy_timeout);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(settings.max_connections.max(1))
+            .acquire_timeout(settings.busy_timeout)
+            .connect_with(options)
+            .await
+            .map_err(classify)?;
+        Ok(Self { pool })
+    }
+
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    fn migrator() -> Migrator {
+        let migrations = MIGRATIONS
+            .iter()
+            .map(|(version, name, sql)| {
+                Migration::new(
+                    *version,
+                    Cow::Borrowed(*name),
+                    MigrationType::Simple,
+                    sqlx::AssertSqlSafe(*sql).into_sql_str(),
+                    false,
+                )
+            })
+            .collect();
+        Migrator::with_migrations(migrations)
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn migrate(&self) -> StoreResult<()> {
+        Self::migrator().run(&self.pool).await.map_err(|e| match e {
+            sqlx::migrate::MigrateError::Execute(inner) => classify(inner),
+            other => StoreError::Other(other.to_string()),
+        })
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(classify)?;
+        Ok(())
+    }
+
+    async fn begin(&self) -> StoreResult<Box<dyn LedgerTx>> {
+        let tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(classify)?;
+        Ok(Box::new(SqliteLedgerTx { tx }))
+    }
+
+    async fn get_account(&self, account_id: Uuid) -> StoreResult<Option<Account>> {
+        sqlx::query(concat!(
+            "SELECT ",
+            account_columns!(),
+            " FROM accounts WHERE id = ?1"
+        ))
+        .bind(id(account_id))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(classify)?
+        .map(|r| account_from_row(&r))
+        .transpose()
+    }
+
+    async fn list_accounts(&self, f: &AccountFilter) -> StoreResult<Vec<Account>> {
+        // Only the filters that are set become predicates (fixed fragments, values bound), so
+        // SQLite can pick the matching index.
+        let mut q = QueryBuilder::<Sqlite>::new(concat!(
+            "SELECT ",
+            account_columns!(),
+            " FROM accounts WHERE TRUE"
+        ));
+        if let Some(number) = &f.account_number {
+            q.push(" AND account_number = ").push_bind(number.as_str());
+        }
+        if let Some(status) = f.status {
+            q.push(" AND status = ").push_bind(status.as_str());
+        }
+        if let Some(only) = &f.only {
+            q.push(" AND id IN (SELECT value FROM json_each(")
+                .push_bind(id_list(only)?)
+                .push("))");
+        }
+        if let Some(after) = f.after {
+            q.push(" AND id > ").push_bind(id(after));
+        }
+        q.push(" ORDER BY id LIMIT ").push_bind(i64::from(f.limit));
+        q.build()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(classify)?
+            .iter()
+            .map(account_from_row)
+            .collect()
+    }
+
+    async fn get_transaction(&self, transaction_id: Uuid) -> StoreResult<Option<Transaction>> {
+        sqlx::query(concat!(
+            "SELECT ",
+            transaction_columns!(),
+            " FROM transactions WHERE id = ?1"
+        ))
+        .bind(id(transaction_id))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(classify)?
+        .map(|r| transaction_from_row(&r))
+        .transpose()
+    }
+
+    async fn list_transactions(&self, f: &TransactionFilter) -> StoreResult<Vec<Transaction>> {
+        let mut q = QueryBuilder::<Sqlite>::new(concat!(
+            "SELECT ",
+            transaction_columns!(),
+            " FROM transactions WHERE account_id = "
+        ));
+        q.push_bind(id(f.account_id));
+        if let Some(status) = f.status {
+            q.push(" AND status = ").push_bind(status.as_str());
+        }
+        if let Some(kind) = f.kind {
+            q.push(" AND type = ").push_bind(kind.as_str());
+        }
+        if let Some(since) = f.since {
+            q.push(" AND created_at >= ").push_bind(micros_bound(since));
+        }
+        if let Some(until) = f.until {
+            q.push(" AND created_at < ").push_bind(micros_bound(until));
+        }
+        if let Some(before) = f.before_seq {
+            q.push(" AND seq < ").push_bind(before);
+        }
+        q.push(" ORDER BY seq DESC LIMIT ")
+            .push_bind(i64::from(f.limit));
+        q.build()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(classify)?
+            .iter()
+            .map(transaction_from_row)
+            .collect()
+    }
+
+    async fn get_transfer(&self, transfer_id: Uuid) -> StoreResult<Option<TransferView>> {
+        // A deferred transaction: its first read fixes the WAL snapshot the second one sees too.
+        let mut conn = self.pool.begin().await.map_err(classify)?;
+        let Some(row) = sqlx::query(concat!(
+            "SELECT ",
+            transfer_columns!(),
+            " FROM transfers WHERE id = ?1"
+        ))
+        .bind(id(transfer_id))
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(classify)?
+        else {
+            return Ok(None);
+        };
+        let transfer = transfer_from_row(&row)?;
+        let legs = sqlx::query(concat!(
+            "SELECT ",
+            transaction_columns!(),
+            " FROM transactions WHERE transfer_id = ?1"
+        ))
+        .bind(id(transfer_id))
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(classify)?
+        .iter()
+        .map(transaction_from_row)
+        .collect::<StoreResult<Vec<_>>>()?;
+        conn.commit().await.map_err(classify)?;
+        rows::assemble_transfer(transfer, &legs).map(Some)
+    }
+
+    async fn balance_at(&self, account_id: Uuid, at: OffsetDateTime) -> StoreResult<i64> {
+        let row = sqlx::query(
+            "SELECT balance_after FROM transactions
+              WHERE account_id = ?1 AND posted_at IS NOT NULL AND posted_at <= ?2
+              ORDER BY posted_at DESC, posted_seq DESC LIMIT 1",
+        )
+        .bind(id(account_id))
+        .bind(micros_bound(at))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(classify)?;
+        match row {
+            Some(r) => r.try_get::<i64, _>(0).map_err(classify),
+            None => Ok(0),
+        }
+    }
+
+    async fn get_idempotency(
+        &self,
+        scope: Uuid,
+        key: &str,
+    ) -> StoreResult<Option<IdempotencyRecord>> {
+        sqlx::query(
+            "SELECT api_key_id, key, request_hash, status, body, created_at
+               FROM idempotency_keys WHERE api_key_id = ?1 AND key = ?2",
+        )
+        .bind(id(scope))
+        .bind(key)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(classify)?
+        .map(|r| idempotency_from_row(&r))
+        .transpose()
+    }
+
+    async fn find_api_key(&self, secret_hash: &[u8]) -> StoreResult<Option<ApiKeyRecord>> {
+        sqlx::query(
+            "SELECT id, name, role, account_ids, created_at, revoked_at
+               FROM api_keys WHERE secret_hash = ?1 AND revoked_at IS NULL",
+        )
+        .bind(secret_hash)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(classify)?
+        .map(|r| rows::api_key_from_row(&r))
+        .transpose()
+    }
+
+    async fn insert_api_key(
+        &self,
+        key: &ApiKeyRecord,
+        secret_hash: &[u8],
+        if_none_exist: bool,
+    ) -> StoreResult<bool> {
+        let account_ids = key.account_ids.as_deref().map(id_list).transpose()?;
+        let created_at = micros_of(key.created_at)?;
+        // IMMEDIATE takes the write lock before the emptiness check, so "insert only when the
+        // table is empty" is safe against a second instance starting at the same moment.
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(classify)?;
+        if if_none_exist {
+            let any = sqlx::query("SELECT EXISTS (SELECT 1 FROM api_keys)")
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(classify)?
+                .try_get::<bool, _>(0)
+                .map_err(classify)?;
+            if any {
+                return Ok(false);
+            }
+        }
+        let inserted = sqlx::query(
+            "INSERT INTO api_keys (id, name, role, account_ids, secret_hash, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (secret_hash) DO NOTHING",
+        )
+        .bind(id(key.id))
+        .bind(&key.name)
+        .bind(&key.role)
+        .bind(account_ids)
+        .bind(secret_hash)
+        .bind(created_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(classify)?
+        .rows_affected();
+        tx.commit().await.map_err(classify)?;
+        Ok(inserted == 1)
+    }
+
+    async fn verify(&self) -> StoreResult<VerifyReport> {
+        verify::run(&self.pool).await
+    }
+
+    async fn purge_expired(&self, before: OffsetDateTime) -> StoreResult<u64> {
+        let deleted = sqlx::query("DELETE FROM idempotency_keys WHERE created_at < ?")
+            .bind(rows::micros_bound(before))
+            .execute(&self.pool)
+            .await
+            .map_err(classify)?
+            .rows_affected();
+        Ok(deleted)
+    }
+
+    fn pool_stats(&self) -> (u32, u32) {
+        let idle = u32::try_from(self.pool.num_idle()).unwrap_or(u32::MAX);
+        (self.pool.size(), idle)
+    }
+}
+
+struct SqliteLedgerTx {
+    tx: sqlx::Transaction<'static, Sqlite>,
+}
+
+#[async_trait]
+impl LedgerTx for SqliteLedgerTx {
+    async fn idempotency_lookup(
+        &mut self,
+        keys: &[(Uuid, String)],
+    ) -> StoreResult<Vec<IdempotencyRecord>> {
+        // One JSON parameter `[["<scope>", "<key>"], …]`, joined like PostgreSQL's unnest pair.
+        let pairs: Vec<(Uuid, &str)> = keys.iter().map(|(s, k)| (*s, k.as_str())).collect();
+        let pairs = serde_json::to_string(&pairs)
+            .map_err(|e| StoreError::Other(format!("cannot encode idempotency keys: {e}")))?;
+        sqlx::query(
+            "SELECT i.api_key_id, i.key, i.request_hash, i.status, i.body, i.created_at
+               FROM json_each(?1) AS k
+               JOIN idempotency_keys i
+                 ON i.api_key_id = k.value ->> 0 AND i.key = k.value ->> 1",
+        )
+        .bind(pairs)
+        .fetch_all(&mut *self.tx)
+        .await
+        .map_err(classify)?
+        .iter()
+        .map(idempotency_from_row)
+        .collect()
+    }
+
+    async fn load_refs(
+        &mut self,
+        transaction_ids: &[Uuid],
+        transfer_ids: &[Uuid],
+    ) -> StoreResult<(Vec<Transaction>, Vec<Transfer>)> {
+        let mut transactions: Vec<Transaction> = if transaction_ids.is_empty() {
+            Vec::new()
+        } else {
+            sqlx::query(concat!(
+                "SELECT ",
+                transaction_columns!(),
+                " FROM transactions WHERE id IN (SELECT value FROM json_each(?1))"
+            ))
+            .bind(id_list(transaction_ids)?)
+            .fetch_all(&mut *self.tx)
+            .await
+            .map_err(classify)?
+            .iter()
+            .map(transaction_from_row)
+            .collect::<StoreResult<_>>()?
+        };
+        let mut wanted: Vec<Uuid> = transfer_ids.to_vec();
+        wanted.extend(transactions.iter().filter_map(|t| t.transfer_id));
+        wanted.sort_unstable();
+        wanted.dedup();
+        if wanted.is_empty() {
+            return Ok((transactions, Vec::new()));
+        }
+        let wanted = id_list(&wanted)?;
+        let transfers = sqlx::query(concat!(
+            "SELECT ",
+            transfer_columns!(),
+            " FROM transfers WHERE id IN (SELECT value FROM json_each(?1))"
+        ))
+        .bind(&wanted)
+        .fetch_all(&mut *self.tx)
+        .await
+        .map_err(classify)?
+        .iter()
+        .map(transfer_from_row)
+        .collect::<StoreResult<Vec<_>>>()?;
+        let legs = sqlx::query(concat!(
+            "SELECT ",
+            transaction_columns!(),
+            " FROM transactions
+             WHERE transfer_id IS NOT NULL AND transfer_id IN (SELECT value FROM json_each(?1))"
+        ))
+        .bind(&wanted)
+        .fetch_all(&mut *self.tx)
+        .await
+        .map_err(classify)?;
+        for row in &legs {
+            let leg = transaction_from_row(row)?;
+            if !transactions.iter().any(|t| t.id == leg.id) {
+                transactions.push(leg);
+            }
+        }
+        Ok((transactions, transfers))
+    }
+
+    async fn lock_accounts(&mut self, ids: &[Uuid]) -> StoreResult<Vec<Account>> {
+        debug_assert!(
+            ids.windows(2).all(|w| w[0] < w[1]),
+            "lock order is ascending id"
+        );
+        // The transaction began IMMEDIATE and holds SQLite's write lock: no other writer can
+        // change these rows before COMMIT, so a plain SELECT locks them.
+        sqlx::query(concat!(
+            "SELECT ",
+            account_columns!(),
+            " FROM accounts WHERE id IN (SELECT value FROM json_each(?1)) ORDER BY id"
+        ))
+        .bind(id_list(ids)?)
+        .fetch_all(&mut *self.tx)
+        .await
+        .map_err(classify)?
+        .iter()
+        .map(account_from_row)
+        .collect()
+    }
+
+    async fn taken_account_numbers(&mut self, numbers: &[String]) -> StoreResult<Vec<String>> {
+        let numbers = serde_json::to_string(numbers)
+            .map_err(|e| StoreError::Other(format!("cannot encode account numbers: {e}")))?;
+        sqlx::query(
+            "SELECT account_number FROM accounts
+              WHERE account_number IN (SELECT value FROM json_each(?1))",
+        )
+        .bind(numbers)
+        .fetch_all(&mut *self.tx)
+        .await
+        .map_err(classify)?
+        .iter()
+        .map(|r| r.try_get::<String, _>(0).map_err(classify))
+        .collect()
+    }
+
+    async fn write(
+        &mut self,
+        changes: &Changes,
+        idempotency: &[IdempotencyRecord],
+    ) -> StoreResult<()> {
+        rows::write_changes(&mut self.tx, changes, idempotency).await
+    }
+
+    async fn commit(self: Box<Self>) -> StoreResult<()> {
+        self.tx.commit().await.map_err(classify)
+    }
+}

@@ -1,0 +1,111 @@
+//! `zeta verify` on SQLite: the same checks as on PostgreSQL, with the same problem lines, run in
+//! one read transaction (one WAL snapshot).
+//!
+//! SQLite's `SUM` of integers fails on signed 64-bit overflow where PostgreSQL's widens to numeric.
+//! Sums of money are therefore taken in two halves — `x >> 32` (arithmetic shift, i.e. floor
+//! division by 2^32) and `x & 0xFFFFFFFF` — which cannot overflow for fewer than 2^31 rows and
+//! recombine exactly: `x = (x >> 32) * 2^32 + (x & 0xFFFFFFFF)`. Recombining a sum that is out of
+//! the i64 range makes SQLite fall back to floating point, which still compares unequal to any
+//! stored balance.
+
+use sqlx::{Row, SqlitePool};
+use zeta_store::{StoreResult, VerifyReport};
+
+use crate::classify;
+
+/// Each check returns rows of (kind, id) that break it.
+const CHECKS: &[(&str, &str)] = &[
+    (
+        "account balance or held amount differs from its transactions",
+        "WITH moves AS (
+           SELECT account_id,
+                  CASE WHEN status IN ('completed', 'reversed')
+                       THEN CASE type WHEN 'credit' THEN amount ELSE -amount END
+                       ELSE 0 END AS posted,
+                  CASE WHEN status = 'pending' AND type = 'debit' THEN amount ELSE 0 END AS pending
+             FROM transactions),
+         sums AS (
+           SELECT account_id,
+                  SUM(posted >> 32) * 4294967296 + SUM(posted & 4294967295) AS posted,
+                  SUM(pending >> 32) * 4294967296 + SUM(pending & 4294967295) AS pending
+             FROM moves GROUP BY account_id)
+         SELECT 'account', a.id
+           FROM accounts a LEFT JOIN sums s ON s.account_id = a.id
+          WHERE a.balance <> COALESCE(s.posted, 0) OR a.held <> COALESCE(s.pending, 0)
+             OR a.balance < 0 OR a.held < 0 OR a.held > a.balance",
+    ),
+    (
+        "balance_after chain is broken",
+        "SELECT DISTINCT 'account', account_id FROM (
+           SELECT account_id, balance_after,
+                  CASE type WHEN 'credit' THEN amount ELSE -amount END AS delta,
+                  LAG(balance_after) OVER (PARTITION BY account_id ORDER BY posted_seq) AS prev
+             FROM transactions WHERE posted_seq IS NOT NULL) t
+          WHERE balance_after <> COALESCE(prev, 0) + delta",
+    ),
+    (
+        "transfer legs do not match the transfer",
+        "SELECT 'transfer', t.id
+           FROM transfers t
+           LEFT JOIN transactions d ON d.id = t.debit_id
+           LEFT JOIN transactions c ON c.id = t.credit_id
+          WHERE d.id IS NULL OR d.transfer_id <> t.id OR d.account_id <> t.from_account_id
+             OR d.type <> 'debit' OR d.amount <> t.amount
+             OR (t.status IN ('completed', 'reversed') AND (
+                    c.id IS NULL OR c.transfer_id <> t.id OR c.account_id <> t.to_account_id
+                 OR c.type <> 'credit' OR c.amount <> t.amount
+                 OR d.status NOT IN ('completed', 'reversed')
+                 OR c.status NOT IN ('completed', 'reversed')
+                 OR (t.status = 'reversed') <> (t.reversed_by_id IS NOT NULL)))
+             OR (t.status = 'failed' AND (t.credit_id IS NOT NULL OR d.status <> 'failed'))",
+    ),
+    (
+        "transaction claims a transfer that does not list it",
+        "SELECT 'transaction', x.id
+           FROM transactions x JOIN transfers t ON t.id = x.transfer_id
+          WHERE x.id <> t.debit_id AND x.id IS NOT t.credit_id",
+    ),
+    (
+        "reversal link is inconsistent",
+        "SELECT 'transaction', o.id
+           FROM transactions o LEFT JOIN transactions r ON r.id = o.reversed_by_id
+          WHERE (o.status = 'reversed') <> (o.reversed_by_id IS NOT NULL)
+             OR (o.reversed_by_id IS NOT NULL AND (r.id IS NULL OR r.reverses_id <> o.id
+                 OR r.amount <> o.amount OR r.type = o.type OR r.account_id <> o.account_id))",
+    ),
+];
+
+pub(crate) async fn run(pool: &SqlitePool) -> StoreResult<VerifyReport> {
+    // A deferred transaction: its first read fixes the snapshot every later check sees.
+    let mut tx = pool.begin().await.map_err(classify)?;
+    let totals = sqlx::query(
+        "SELECT (SELECT count(*) FROM accounts), (SELECT count(*) FROM transactions),
+                (SELECT COALESCE(SUM(balance >> 32), 0) FROM accounts),
+                (SELECT COALESCE(SUM(balance & 4294967295), 0) FROM accounts)",
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(classify)?;
+    let high: i64 = totals.try_get(2).map_err(classify)?;
+    let low: i64 = totals.try_get(3).map_err(classify)?;
+    let mut report = VerifyReport {
+        accounts: totals.try_get(0).map_err(classify)?,
+        transactions: totals.try_get(1).map_err(classify)?,
+        // |high| < 2^63 and 0 <= low < 2^63, so this cannot overflow i128.
+        total_balance: i128::from(high) * (1_i128 << 32) + i128::from(low),
+        problems: Vec::new(),
+    };
+    for (what, sql) in CHECKS {
+        for row in sqlx::query(*sql)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(classify)?
+        {
+            let kind: String = row.try_get(0).map_err(classify)?;
+            let id: String = row.try_get(1).map_err(classify)?;
+            report.problems.push(format!("{kind} {id}: {what}"));
+        }
+    }
+    tx.commit().await.map_err(classify)?;
+    Ok(report)
+}
