@@ -409,7 +409,7 @@ impl Query {
         match self.take("limit") {
             None => 50,
             Some(v) => match v.parse::<u32>() {
-                Ok(n @ 1..=200) => n,
+                Ok(n @ 1..=200) if v.bytes().all(|b| b.is_ascii_digit()) => n,
                 _ => {
                     self.invalid("limit", "must be an integer from 1 to 200");
                     50

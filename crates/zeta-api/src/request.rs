@@ -182,6 +182,41 @@ impl FromRequestParts<AppState> for Authed {
     }
 }
 
+/// The `{id}` of a path, never refused here: an id that does not decode is simply not found,
+/// which the handler says after authentication and validation.
+pub struct PathId(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for PathId {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let id = axum::extract::Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_or_else(|_| String::new(), |axum::extract::Path(id)| id);
+        Ok(PathId(id))
+    }
+}
+
+/// `If-Match: "<version>"`: None when absent, 400 when not a single strong ETag.
+pub fn if_match(headers: &HeaderMap) -> Result<Option<i64>, ApiError> {
+    let Some(v) = headers.get(header::IF_MATCH) else {
+        return Ok(None);
+    };
+    v.to_str()
+        .ok()
+        .and_then(|s| {
+            let digits = s.trim().strip_prefix('"')?.strip_suffix('"')?;
+            if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            digits.parse::<i64>().ok()
+        })
+        .map(Some)
+        .ok_or_else(|| {
+            ApiError::InvalidHeader("If-Match must be the account's ETag, e.g. \"3\"".into())
+        })
+}
+
 /// Body size limits.
 pub const BODY_LIMIT: usize = 64 * 1024;
 pub const BATCH_BODY_LIMIT: usize = 1024 * 1024;
@@ -247,6 +282,10 @@ impl<const LIMIT: usize, const OPTIONAL: bool> FromRequest<AppState>
         } else {
             None
         };
+        if parts.method == Method::PATCH {
+            // A malformed precondition is a request error: it ranks before authentication.
+            if_match(&parts.headers)?;
+        }
         let caller = authenticate(state, &parts.headers).await?;
         let (body, problems): (Option<Value>, Vec<FieldError>) = match parsed {
             Some((v, p)) => (Some(v), p),

@@ -108,7 +108,7 @@ async fn credit(app: &TestApp, id: &str, amount: i64) -> TestResponse {
 
 #[tokio::test]
 async fn create_returns_the_full_account_with_location_and_etag() {
-    let app = TestApp::spawn().await;
+    let app = crate::spawn().await;
     let r = create(
         &app,
         json!({"owner_name": "Ada Lovelace", "currency": "EUR"}),
@@ -167,7 +167,7 @@ async fn create_returns_the_full_account_with_location_and_etag() {
 
 #[tokio::test]
 async fn create_keeps_given_number_and_metadata_and_generates_unique_numbers() {
-    let app = TestApp::spawn().await;
+    let app = crate::spawn().await;
     let r = create(
         &app,
         json!({"owner_name": "Bob", "currency": "USD", "account_number": "GB29NWBK60161331926819",
@@ -208,7 +208,7 @@ async fn create_keeps_given_number_and_metadata_and_generates_unique_numbers() {
 
 #[tokio::test]
 async fn taken_account_number_is_409_and_creates_nothing() {
-    let app = TestApp::spawn().await;
+    let app = crate::spawn().await;
     let first = create(
         &app,
         json!({"owner_name": "First", "currency": "USD", "account_number": "ZETA0001"}),
@@ -246,7 +246,7 @@ async fn taken_account_number_is_409_and_creates_nothing() {
 
 #[tokio::test]
 async fn owner_name_is_required_and_1_to_200_code_points() {
-    let app = TestApp::spawn().await;
+    let app = crate::spawn().await;
     let missing = create(&app, json!({"currency": "USD"})).await;
     assert_invalid(&missing, &["owner_name"]);
     let empty = create(&app, json!({"owner_name": "", "currency": "USD"})).await;
@@ -281,7 +281,7 @@ async fn owner_name_is_required_and_1_to_200_code_points() {
 
 #[tokio::test]
 async fn currency_must_be_three_upper_case_letters() {
-    let app = TestApp::spawn().await;
+    let app = crate::spawn().await;
     for bad in [
         json!("usd"),
         json!("US"),
@@ -303,7 +303,7 @@ async fn currency_must_be_three_upper_case_letters() {
 
 #[tokio::test]
 async fn account_number_must_be_8_to_34_of_upper_case_letters_and_digits() {
-    let app = TestApp::spawn().await;
+    let app = crate::spawn().await;
     let too_long = "A".repeat(35);
     for bad in [
         json!("1234567"),
@@ -328,7 +328,7 @@ async fn account_number_must_be_8_to_34_of_upper_case_letters_and_digits() {
 
 #[tokio::test]
 async fn metadata_must_be_an_object_of_at_most_4096_bytes() {
-    let app = TestApp::spawn().await;
+    let app = crate::spawn().await;
     for bad in [json!([1]), json!("x"), json!(5), json!(true)] {
         let r = create(
             &app,
@@ -378,7 +378,7 @@ async fn metadata_must_be_an_object_of_at_most_4096_bytes() {
 
 #[tokio::test]
 async fn unknown_fields_duplicate_keys_and_nul_are_refused() {
-    let app = TestApp::spawn().await;
+    let app = crate::spawn().await;
     let unknown = create(
         &app,
         json!({"owner_name": "Ann", "currency": "USD", "balance": 1000}),
@@ -412,7 +412,7 @@ async fn unknown_fields_duplicate_keys_and_nul_are_refused() {
 
 #[tokio::test]
 async fn viewer_and_scoped_keys_cannot_create_accounts() {
-    let app = TestApp::spawn().await;
+    let app = crate::spawn().await;
     let own = app.account("USD").await;
     let own_id = Uuid::try_parse(own["id"].as_str().expect("id")).expect("uuid");
     let viewer = app.key("viewer", None).await;
@@ -464,7 +464,7 @@ async fn viewer_and_scoped_keys_cannot_create_accounts() {
 
 #[tokio::test]
 async fn get_account_has_etag_of_its_version() {
-    let app = TestApp::spawn().await;
+    let app = crate::spawn().await;
     let id = app.funded("USD", 0).await;
     let r = app.get(&format!("/v1/accounts/{id}")).send().await;
     assert_eq!(r.status, 200, "{}", r.json);
@@ -495,7 +495,7 @@ async fn get_account_has_etag_of_its_version() {
 
 #[tokio::test]
 async fn get_unknown_or_malformed_account_is_404() {
-    let app = TestApp::spawn().await;
+    let app = crate::spawn().await;
     let r = app
         .get(&format!("/v1/accounts/{}", Uuid::now_v7()))
         .send()
@@ -509,7 +509,7 @@ async fn get_unknown_or_malformed_account_is_404() {
 
 #[tokio::test]
 async fn scoped_key_sees_only_its_accounts() {
-    let app = TestApp::spawn().await;
+    let app = crate::spawn().await;
     let mine = app.funded("USD", 10).await;
     let other = app.funded("USD", 20).await;
     let key = app
@@ -562,7 +562,7 @@ async fn scoped_key_sees_only_its_accounts() {
 
 #[tokio::test]
 async fn list_is_oldest_first_and_paginates_without_duplicates() {
-    let app = TestApp::spawn().await;
+    let app = crate::spawn().await;
     let mut created = Vec::new();
     for _ in 0..5 {
         created.push(app.funded("USD", 0).await);
@@ -607,7 +607,7 @@ async fn list_is_oldest_first_and_paginates_without_duplicates() {
 
 #[tokio::test]
 async fn list_filters_by_account_number_and_status() {
-    let app = TestApp::spawn().await;
+    let app = crate::spawn().await;
     let a = create(
         &app,
         json!({"owner_name": "A", "currency": "USD", "account_number": "NUMBER0001"}),
@@ -658,7 +658,7 @@ async fn list_filters_by_account_number_and_status() {
 
 #[tokio::test]
 async fn list_refuses_bad_query_parameters() {
-    let app = TestApp::spawn().await;
+    let app = crate::spawn().await;
     app.account("USD").await;
     for (query, field) in [
         ("limit=0", "limit"),
@@ -702,7 +702,7 @@ async fn list_refuses_bad_query_parameters() {
 
 #[tokio::test]
 async fn scoped_key_lists_only_its_accounts() {
-    let app = TestApp::spawn().await;
+    let app = crate::spawn().await;
     let a = app.funded("USD", 0).await;
     let b = app.funded("USD", 0).await;
     let c = app.funded("USD", 0).await;
@@ -742,7 +742,7 @@ async fn scoped_key_lists_only_its_accounts() {
 
 #[tokio::test]
 async fn patch_needs_a_valid_current_if_match() {
-    let app = TestApp::spawn().await;
+    let app = crate::spawn().await;
     let id = app.funded("USD", 0).await;
     let path = format!("/v1/accounts/{id}");
     let body = json!({"owner_name": "New Name"});
@@ -784,7 +784,7 @@ async fn patch_needs_a_valid_current_if_match() {
 
 #[tokio::test]
 async fn patch_owner_name_bumps_version_and_etag() {
-    let app = TestApp::spawn().await;
+    let app = crate::spawn().await;
     let created = app.account("USD").await;
     let id = created["id"].as_str().expect("id");
     let path = format!("/v1/accounts/{id}");
@@ -826,7 +826,7 @@ async fn patch_owner_name_bumps_version_and_etag() {
 
 #[tokio::test]
 async fn patch_replaces_metadata_as_a_whole() {
-    let app = TestApp::spawn().await;
+    let app = crate::spawn().await;
     let r = create(
         &app,
         json!({"owner_name": "M", "currency": "USD", "metadata": {"a": 1, "b": {"c": 2}}}),
@@ -867,7 +867,7 @@ async fn patch_replaces_metadata_as_a_whole() {
 
 #[tokio::test]
 async fn frozen_account_refuses_money_until_unfrozen() {
-    let app = TestApp::spawn().await;
+    let app = crate::spawn().await;
     let id = app.funded("USD", 1000).await;
     let other = app.funded("USD", 1000).await;
     let path = format!("/v1/accounts/{id}");
@@ -953,7 +953,7 @@ async fn frozen_account_refuses_money_until_unfrozen() {
 
 #[tokio::test]
 async fn closing_needs_a_zero_balance_and_is_final() {
-    let app = TestApp::spawn().await;
+    let app = crate::spawn().await;
     let id = app.funded("USD", 300).await;
     let path = format!("/v1/accounts/{id}");
     let r = patch(&app, &path)
@@ -1007,7 +1007,7 @@ async fn closing_needs_a_zero_balance_and_is_final() {
 
 #[tokio::test]
 async fn patch_validates_its_fields() {
-    let app = TestApp::spawn().await;
+    let app = crate::spawn().await;
     let id = app.funded("USD", 0).await;
     let path = format!("/v1/accounts/{id}");
     for (body, field) in [
@@ -1039,7 +1039,7 @@ async fn patch_validates_its_fields() {
 
 #[tokio::test]
 async fn patch_unknown_account_is_404_and_viewer_is_403() {
-    let app = TestApp::spawn().await;
+    let app = crate::spawn().await;
     let unknown = format!("/v1/accounts/{}", Uuid::now_v7());
     let body = json!({"owner_name": "X"});
     let r = patch(&app, &unknown)
@@ -1085,7 +1085,7 @@ async fn patch_unknown_account_is_404_and_viewer_is_403() {
 
 #[tokio::test]
 async fn balance_now_is_the_current_balance() {
-    let app = TestApp::spawn().await;
+    let app = crate::spawn().await;
     let id = app.funded("USD", 0).await;
     let r = app.get(&format!("/v1/accounts/{id}/balance")).send().await;
     assert_eq!(r.status, 200, "{}", r.json);
@@ -1126,7 +1126,7 @@ async fn balance_now_is_the_current_balance() {
 
 #[tokio::test]
 async fn balance_at_an_instant() {
-    let app = TestApp::spawn().await;
+    let app = crate::spawn().await;
     let account = app.account("USD").await;
     let id = account["id"].as_str().expect("id").to_string();
     let created_at = account["created_at"].as_str().expect("created_at");
@@ -1178,7 +1178,7 @@ async fn balance_at_an_instant() {
 
 #[tokio::test]
 async fn balance_refuses_bad_instants_and_unknown_accounts() {
-    let app = TestApp::spawn().await;
+    let app = crate::spawn().await;
     let id = app.funded("USD", 10).await;
     for query in [
         "at=garbage",

@@ -104,7 +104,7 @@ const ACCOUNT: &str = r#"{"owner_name":"Ann","currency":"USD"}"#;
 
 #[tokio::test]
 async fn body_must_be_sent_as_application_json() {
-    let app = TestApp::spawn().await;
+    let app = crate::spawn().await;
     let text = method(&app, "POST", "/v1/accounts")
         .raw(ACCOUNT)
         .header("content-type", "text/plain")
@@ -160,7 +160,7 @@ async fn body_must_be_sent_as_application_json() {
 
 #[tokio::test]
 async fn bodies_over_64_kib_are_413() {
-    let app = TestApp::spawn().await;
+    let app = crate::spawn().await;
     let huge = app
         .post(
             "/v1/accounts",
@@ -200,7 +200,7 @@ async fn bodies_over_64_kib_are_413() {
 
 #[tokio::test]
 async fn batch_bodies_may_be_up_to_1_mib() {
-    let app = TestApp::spawn().await;
+    let app = crate::spawn().await;
     let a = app.funded("USD", 100).await;
     let b = app.funded("USD", 0).await;
     let batch = json!({"transfers": [{"from_account_id": a, "to_account_id": b, "amount": 10}]});
@@ -257,7 +257,7 @@ async fn batch_bodies_may_be_up_to_1_mib() {
 
 #[tokio::test]
 async fn unparsable_json_is_400_malformed_json() {
-    let app = TestApp::spawn().await;
+    let app = crate::spawn().await;
     let deep65 = format!("{}{}", "[".repeat(65), "]".repeat(65));
     let deep_in_object = format!("{{\"x\":{}{}}}", "[".repeat(64), "]".repeat(64));
     let bodies: Vec<Vec<u8>> = vec![
@@ -299,7 +299,7 @@ async fn unparsable_json_is_400_malformed_json() {
 
 #[tokio::test]
 async fn json_that_is_not_an_object_is_422() {
-    let app = TestApp::spawn().await;
+    let app = crate::spawn().await;
     for body in ["[1]", "\"x\"", "1", "null", "true", "[]"] {
         let r = raw_json(&app, "/v1/accounts", body).send().await;
         assert_problem(&r, 422, "validation_error", "/v1/accounts");
@@ -329,7 +329,7 @@ async fn json_that_is_not_an_object_is_422() {
 
 #[tokio::test]
 async fn missing_or_invalid_keys_are_401_with_www_authenticate() {
-    let app = TestApp::spawn().await;
+    let app = crate::spawn().await;
     let id = app.funded("USD", 0).await;
     let get_path = format!("/v1/accounts/{id}");
     let credit_path = format!("/v1/accounts/{id}/credits");
@@ -381,7 +381,7 @@ async fn missing_or_invalid_keys_are_401_with_www_authenticate() {
 
 #[tokio::test]
 async fn unknown_routes_are_404_with_or_without_a_key() {
-    let app = TestApp::spawn().await;
+    let app = crate::spawn().await;
     for path in [
         "/v1/nope",
         "/nope",
@@ -402,7 +402,7 @@ async fn unknown_routes_are_404_with_or_without_a_key() {
 
 #[tokio::test]
 async fn wrong_methods_are_405_with_allow() {
-    let app = TestApp::spawn().await;
+    let app = crate::spawn().await;
     let id = app.funded("USD", 0).await;
     let account_path = format!("/v1/accounts/{id}");
     let cases: [(&str, &str, &[&str]); 5] = [
@@ -435,7 +435,7 @@ async fn wrong_methods_are_405_with_allow() {
 
 #[tokio::test]
 async fn every_error_is_a_complete_problem() {
-    let app = TestApp::spawn().await;
+    let app = crate::spawn().await;
     let id = app.funded("USD", 100).await;
     let viewer = app.key("viewer", None).await;
     let account_path = format!("/v1/accounts/{id}");
@@ -511,7 +511,7 @@ async fn every_error_is_a_complete_problem() {
 
 #[tokio::test]
 async fn valid_client_request_ids_are_echoed() {
-    let app = TestApp::spawn().await;
+    let app = crate::spawn().await;
     let ok = app
         .get("/v1/accounts")
         .header("x-request-id", "abc-123")
@@ -568,7 +568,7 @@ async fn valid_client_request_ids_are_echoed() {
 
 #[tokio::test]
 async fn invalid_or_absent_request_ids_are_generated() {
-    let app = TestApp::spawn().await;
+    let app = crate::spawn().await;
     let too_long = "a".repeat(129);
     for bad in [too_long.as_str(), "abc 123", "tab\tid", "é-id", ""] {
         let ok = app
@@ -607,7 +607,7 @@ async fn invalid_or_absent_request_ids_are_generated() {
 
 #[tokio::test]
 async fn request_errors_come_before_authentication() {
-    let app = TestApp::spawn().await;
+    let app = crate::spawn().await;
     // Malformed JSON without a key: 400, not 401.
     let r = raw_json(&app, "/v1/accounts", r#"{"owner_name":"#)
         .no_auth()
@@ -641,7 +641,7 @@ async fn request_errors_come_before_authentication() {
 
 #[tokio::test]
 async fn bad_headers_are_request_errors_before_authentication_and_validation() {
-    let app = TestApp::spawn().await;
+    let app = crate::spawn().await;
     let id = app.funded("USD", 0).await;
     let path = format!("/v1/accounts/{id}");
     // A malformed If-Match is 400 invalid_header: it outranks 401 ...
@@ -682,7 +682,7 @@ async fn bad_headers_are_request_errors_before_authentication_and_validation() {
 
 #[tokio::test]
 async fn authentication_comes_before_validation() {
-    let app = TestApp::spawn().await;
+    let app = crate::spawn().await;
     // Valid JSON, no key, invalid fields: 401.
     let r = app
         .post(
@@ -720,7 +720,7 @@ async fn authentication_comes_before_validation() {
 
 #[tokio::test]
 async fn undecodable_path_id_is_404_but_only_after_authentication() {
-    let app = TestApp::spawn().await;
+    let app = crate::spawn().await;
     // `%FF` does not decode to UTF-8: a malformed id, so 404 for a valid key ...
     let path = "/v1/accounts/%FF";
     let r = app.get(path).send().await;
@@ -734,7 +734,7 @@ async fn undecodable_path_id_is_404_but_only_after_authentication() {
 
 #[tokio::test]
 async fn validation_before_forbidden_before_not_found() {
-    let app = TestApp::spawn().await;
+    let app = crate::spawn().await;
     let viewer = app.key("viewer", None).await;
     // A viewer with invalid fields: 422 (validation before 403).
     let r = app
@@ -818,7 +818,7 @@ async fn validation_before_forbidden_before_not_found() {
 
 #[tokio::test]
 async fn error_bodies_leak_nothing_internal() {
-    let app = TestApp::spawn().await;
+    let app = crate::spawn().await;
     let id = app.funded("USD", 5).await;
     let taken = app.get(&format!("/v1/accounts/{id}")).send().await.json["account_number"]
         .as_str()

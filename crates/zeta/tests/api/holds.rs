@@ -104,7 +104,7 @@ async fn balance_at(app: &TestApp, id: &str, at: &str) -> i64 {
 
 #[tokio::test]
 async fn hold_reserves_funds_and_capture_posts_them() {
-    let app = TestApp::spawn().await;
+    let app = crate::spawn().await;
     let id = app.funded("USD", 1000).await;
     let v0 = version(&app, &id).await;
     let r = app
@@ -165,7 +165,7 @@ async fn hold_reserves_funds_and_capture_posts_them() {
 
 #[tokio::test]
 async fn void_releases_the_hold() {
-    let app = TestApp::spawn().await;
+    let app = crate::spawn().await;
     let id = app.funded("USD", 1000).await;
     let h = hold_ok(&app, &id, 300).await;
     let v = version(&app, &id).await;
@@ -200,7 +200,7 @@ async fn void_releases_the_hold() {
 
 #[tokio::test]
 async fn capture_or_void_of_anything_but_a_pending_debit_is_invalid_state() {
-    let app = TestApp::spawn().await;
+    let app = crate::spawn().await;
     let id = app.funded("USD", 1000).await;
     let credit = app
         .get(&format!("/v1/accounts/{id}/transactions"))
@@ -288,7 +288,7 @@ async fn capture_or_void_of_anything_but_a_pending_debit_is_invalid_state() {
 
 #[tokio::test]
 async fn capture_and_void_refusals_404_403_422() {
-    let app = TestApp::spawn().await;
+    let app = crate::spawn().await;
     let id = app.funded("USD", 1000).await;
     let h = hold_ok(&app, &id, 100).await;
     for tx in [Uuid::now_v7().to_string(), "not-a-uuid".to_string()] {
@@ -328,7 +328,7 @@ async fn capture_and_void_refusals_404_403_422() {
 
 #[tokio::test]
 async fn hold_over_available_is_declined_and_recorded() {
-    let app = TestApp::spawn().await;
+    let app = crate::spawn().await;
     let id = app.funded("USD", 500).await;
     let r = hold(&app, &id, 600).await;
     assert_problem(&r, 422, "insufficient_funds");
@@ -359,7 +359,7 @@ async fn hold_over_available_is_declined_and_recorded() {
 
 #[tokio::test]
 async fn debit_cannot_overdraw_the_available_balance() {
-    let app = TestApp::spawn().await;
+    let app = crate::spawn().await;
     let id = app.funded("USD", 1000).await;
     let h = hold_ok(&app, &id, 700).await;
     // The balance (1000) covers 400, the available balance (300) does not.
@@ -395,7 +395,7 @@ async fn debit_cannot_overdraw_the_available_balance() {
 
 #[tokio::test]
 async fn frozen_account_refuses_capture_but_allows_void() {
-    let app = TestApp::spawn().await;
+    let app = crate::spawn().await;
     let id = app.funded("USD", 1000).await;
     let a = hold_ok(&app, &id, 400).await;
     let b = hold_ok(&app, &id, 100).await;
@@ -428,7 +428,7 @@ async fn frozen_account_refuses_capture_but_allows_void() {
 
 #[tokio::test]
 async fn account_with_a_pending_hold_cannot_be_closed() {
-    let app = TestApp::spawn().await;
+    let app = crate::spawn().await;
     let id = app.funded("USD", 500).await;
     let h = hold_ok(&app, &id, 200).await;
     let r = set_status(&app, &id, "closed").await;
@@ -454,7 +454,7 @@ async fn account_with_a_pending_hold_cannot_be_closed() {
 
 #[tokio::test]
 async fn fifty_concurrent_captures_of_one_hold_capture_once() {
-    let app = Arc::new(TestApp::spawn().await);
+    let app = Arc::new(crate::spawn().await);
     let id = app.funded("USD", 1000).await;
     let h = hold_ok(&app, &id, 400).await;
     let tasks: Vec<_> = (0..50)
@@ -501,7 +501,7 @@ type Done = [usize; 5];
 
 #[tokio::test]
 async fn concurrent_holds_captures_voids_and_debits_stay_consistent() {
-    let app = Arc::new(TestApp::spawn().await);
+    let app = Arc::new(crate::spawn().await);
     const START: i64 = 3_000;
     let mut accounts = Vec::new();
     for _ in 0..3 {
@@ -620,7 +620,7 @@ async fn concurrent_holds_captures_voids_and_debits_stay_consistent() {
 
 #[tokio::test]
 async fn captured_hold_counts_in_history_from_its_capture() {
-    let app = TestApp::spawn().await;
+    let app = crate::spawn().await;
     let id = app.funded("USD", 0).await;
     let funding = app
         .post(

@@ -5,7 +5,7 @@ use zeta_testkit::TestApp;
 
 #[tokio::test]
 async fn replay_is_byte_identical_with_header() {
-    let app = TestApp::spawn().await;
+    let app = crate::spawn().await;
     let id = app.funded("USD", 0).await;
     let path = format!("/v1/accounts/{id}/credits");
     let first = app
@@ -31,7 +31,7 @@ async fn replay_is_byte_identical_with_header() {
 
 #[tokio::test]
 async fn stored_refusals_replay_and_validation_errors_do_not() {
-    let app = TestApp::spawn().await;
+    let app = crate::spawn().await;
     let id = app.funded("USD", 100).await;
     let path = format!("/v1/accounts/{id}/debits");
     let declined = app
@@ -75,7 +75,7 @@ async fn stored_refusals_replay_and_validation_errors_do_not() {
 
 #[tokio::test]
 async fn reused_key_with_other_body_or_path_is_refused() {
-    let app = TestApp::spawn().await;
+    let app = crate::spawn().await;
     let a = app.funded("USD", 0).await;
     let b = app.funded("USD", 0).await;
     let first = app
@@ -114,7 +114,7 @@ async fn reused_key_with_other_body_or_path_is_refused() {
 
 #[tokio::test]
 async fn bad_idempotency_key_header_is_400() {
-    let app = TestApp::spawn().await;
+    let app = crate::spawn().await;
     let id = app.funded("USD", 0).await;
     let long = "k".repeat(256);
     for bad in [long.as_str(), "has space", "tab\there"] {
@@ -131,7 +131,7 @@ async fn bad_idempotency_key_header_is_400() {
 
 #[tokio::test]
 async fn fifty_concurrent_requests_with_one_key_have_one_effect() {
-    let app = std::sync::Arc::new(TestApp::spawn().await);
+    let app = std::sync::Arc::new(crate::spawn().await);
     let id = app.funded("USD", 0).await;
     let path = format!("/v1/accounts/{id}/credits");
     let mut tasks = Vec::new();

@@ -1,11 +1,21 @@
-//! API tests against a real PostgreSQL: every test gets its own database.
+//! API tests on PostgreSQL: every test gets its own database. The portable modules also run on
+//! SQLite (`tests/api_sqlite`), so both backends answer every request the same.
 
 mod accounts;
 mod concurrency;
+mod docs;
 mod errors;
 mod faults;
 mod holds;
 mod idempotency;
+mod instances;
 mod money;
 mod operations;
 mod transfers;
+
+use zeta_testkit::{Backend, TestApp};
+
+/// The app under test on this binary's backend.
+pub async fn spawn() -> TestApp {
+    TestApp::spawn_on(Backend::Postgres).await
+}

@@ -168,7 +168,7 @@ fn assert_shape(t: &Value) {
 
 #[tokio::test]
 async fn credit_is_201_with_every_field_exact() {
-    let app = TestApp::spawn().await;
+    let app = crate::spawn().await;
     let id = app.funded("EUR", 0).await;
     let r = app
         .post(
@@ -215,7 +215,7 @@ async fn credit_is_201_with_every_field_exact() {
 
 #[tokio::test]
 async fn debit_is_201_with_every_field_exact() {
-    let app = TestApp::spawn().await;
+    let app = crate::spawn().await;
     let id = app.funded("USD", 1000).await;
     let r = app
         .post(
@@ -256,7 +256,7 @@ async fn debit_is_201_with_every_field_exact() {
 
 #[tokio::test]
 async fn description_and_reference_lengths_count_code_points() {
-    let app = TestApp::spawn().await;
+    let app = crate::spawn().await;
     let id = app.funded("USD", 1000).await;
     let longest = "é".repeat(500);
     let too_long = "é".repeat(501);
@@ -299,7 +299,7 @@ async fn description_and_reference_lengths_count_code_points() {
 
 #[tokio::test]
 async fn invalid_amounts_are_validation_errors() {
-    let app = TestApp::spawn().await;
+    let app = crate::spawn().await;
     let id = app.funded("USD", 100).await;
     let bodies = [
         r#"{"amount": 0}"#,
@@ -334,7 +334,7 @@ async fn invalid_amounts_are_validation_errors() {
 
 #[tokio::test]
 async fn largest_amount_is_accepted() {
-    let app = TestApp::spawn().await;
+    let app = crate::spawn().await;
     let id = app.funded("USD", 0).await;
     let r = post_raw(&app, &credits(&id), r#"{"amount": 9007199254740991}"#).await;
     assert_eq!(r.status, 201, "{}", r.json);
@@ -350,7 +350,7 @@ async fn largest_amount_is_accepted() {
 
 #[tokio::test]
 async fn credit_that_would_overflow_the_balance_is_refused() {
-    let app = TestApp::spawn().await;
+    let app = crate::spawn().await;
     let id = app.funded("USD", 0).await;
     // 1024 × (2^53 − 1) = 2^63 − 1024 still fits; one more would not.
     // Sent concurrently in waves: every running balance from 1 × to 1024 × the amount appears
@@ -420,7 +420,7 @@ async fn credit_that_would_overflow_the_balance_is_refused() {
 
 #[tokio::test]
 async fn debit_over_available_is_declined_and_recorded_as_failed() {
-    let app = TestApp::spawn().await;
+    let app = crate::spawn().await;
     let id = app.funded("USD", 500).await;
     let r = app
         .post(
@@ -476,7 +476,7 @@ async fn debit_over_available_is_declined_and_recorded_as_failed() {
 
 #[tokio::test]
 async fn money_on_unknown_account_is_404() {
-    let app = TestApp::spawn().await;
+    let app = crate::spawn().await;
     let unknown = Uuid::now_v7().to_string();
     for path in [
         credits(&unknown),
@@ -523,7 +523,7 @@ async fn money_on_unknown_account_is_404() {
 
 #[tokio::test]
 async fn viewer_cannot_move_money() {
-    let app = TestApp::spawn().await;
+    let app = crate::spawn().await;
     let id = app.funded("USD", 100).await;
     let viewer = app.key("viewer", None).await;
     for path in [credits(&id), debits(&id)] {
@@ -557,7 +557,7 @@ async fn viewer_cannot_move_money() {
 
 #[tokio::test]
 async fn frozen_or_closed_account_cannot_move_money() {
-    let app = TestApp::spawn().await;
+    let app = crate::spawn().await;
     let frozen = app.funded("USD", 100).await;
     set_status(&app, &frozen, "frozen").await;
     for r in [
@@ -602,7 +602,7 @@ async fn frozen_or_closed_account_cannot_move_money() {
 
 #[tokio::test]
 async fn get_transaction_200_and_404() {
-    let app = TestApp::spawn().await;
+    let app = crate::spawn().await;
     let a = app.funded("USD", 0).await;
     let b = app.funded("USD", 0).await;
     let ta = credit(&app, &a, 10).await;
@@ -685,7 +685,7 @@ async fn history(app: &TestApp) -> (String, Vec<String>) {
 
 #[tokio::test]
 async fn list_is_newest_first_and_filters() {
-    let app = TestApp::spawn().await;
+    let app = crate::spawn().await;
     let (id, all) = history(&app).await;
     let [t7, t6, t5, t4, t3, t2, t1] = all.clone().try_into().expect("seven");
     let rows = list_all(&app, &id).await;
@@ -776,7 +776,7 @@ async fn list_is_newest_first_and_filters() {
 
 #[tokio::test]
 async fn list_pagination_walks_every_row_once() {
-    let app = TestApp::spawn().await;
+    let app = crate::spawn().await;
     let (id, all) = history(&app).await;
     for limit in [1_usize, 2, 3, 6, 7] {
         let mut seen = Vec::new();
@@ -835,7 +835,7 @@ async fn list_pagination_walks_every_row_once() {
 
 #[tokio::test]
 async fn list_bad_params_are_422_and_unknown_account_404() {
-    let app = TestApp::spawn().await;
+    let app = crate::spawn().await;
     let (id, _) = history(&app).await;
     app.funded("USD", 0).await;
     // A cursor of another list is not a transaction cursor.
@@ -892,7 +892,7 @@ async fn list_bad_params_are_422_and_unknown_account_404() {
 
 #[tokio::test]
 async fn reversing_a_credit_compensates_it() {
-    let app = TestApp::spawn().await;
+    let app = crate::spawn().await;
     let id = app.funded("USD", 0).await;
     let original = credit(&app, &id, 1000).await;
     let original_id = original["id"].as_str().expect("id");
@@ -948,7 +948,7 @@ async fn reversing_a_credit_compensates_it() {
 
 #[tokio::test]
 async fn reversing_a_debit_compensates_it() {
-    let app = TestApp::spawn().await;
+    let app = crate::spawn().await;
     let id = app.funded("USD", 1000).await;
     let d = debit(&app, &id, 300).await;
     assert_eq!(d.status, 201);
@@ -994,7 +994,7 @@ async fn reversing_a_debit_compensates_it() {
 
 #[tokio::test]
 async fn reversing_spent_credit_is_insufficient_funds_and_records_nothing() {
-    let app = TestApp::spawn().await;
+    let app = crate::spawn().await;
     let id = app.funded("USD", 0).await;
     let c = credit(&app, &id, 1000).await;
     let c_id = c["id"].as_str().expect("id");
@@ -1028,7 +1028,7 @@ async fn reversing_spent_credit_is_insufficient_funds_and_records_nothing() {
 
 #[tokio::test]
 async fn reversing_twice_is_already_reversed() {
-    let app = TestApp::spawn().await;
+    let app = crate::spawn().await;
     let id = app.funded("USD", 0).await;
     let c = credit(&app, &id, 100).await;
     let c_id = c["id"].as_str().expect("id");
@@ -1046,7 +1046,7 @@ async fn reversing_twice_is_already_reversed() {
 
 #[tokio::test]
 async fn reversing_failed_pending_or_compensating_is_invalid_state() {
-    let app = TestApp::spawn().await;
+    let app = crate::spawn().await;
     let id = app.funded("USD", 1000).await;
     let declined = debit(&app, &id, 5000).await;
     assert_eq!(declined.code(), "insufficient_funds");
@@ -1082,7 +1082,7 @@ async fn reversing_failed_pending_or_compensating_is_invalid_state() {
 
 #[tokio::test]
 async fn reverse_on_frozen_account_is_account_not_active() {
-    let app = TestApp::spawn().await;
+    let app = crate::spawn().await;
     let id = app.funded("USD", 1000).await;
     let d = debit(&app, &id, 100).await;
     let c = credit(&app, &id, 40).await;
@@ -1105,7 +1105,7 @@ async fn reverse_on_frozen_account_is_account_not_active() {
 
 #[tokio::test]
 async fn reverse_unknown_is_404_and_viewer_is_403() {
-    let app = TestApp::spawn().await;
+    let app = crate::spawn().await;
     for target in [Uuid::now_v7().to_string(), "nope".to_string()] {
         let r = post_empty(&app, &reverse(&target)).await;
         assert_problem(&r, 404, "not_found");

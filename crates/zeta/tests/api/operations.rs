@@ -6,7 +6,7 @@ use zeta_testkit::TestApp;
 
 #[tokio::test]
 async fn health_endpoints_need_no_key() {
-    let app = TestApp::spawn().await;
+    let app = crate::spawn().await;
     let live = app.req(Method::GET, "/health/live").no_auth().send().await;
     assert_eq!(live.status, 200);
     assert_eq!(live.json, json!({"status": "ok"}));
@@ -21,7 +21,7 @@ async fn health_endpoints_need_no_key() {
 
 #[tokio::test]
 async fn readiness_is_503_while_shutting_down() {
-    let app = TestApp::spawn().await;
+    let app = crate::spawn().await;
     app.state.begin_shutdown();
     let ready = app.req(Method::GET, "/health/ready").no_auth().send().await;
     assert_eq!(ready.status, 503);
@@ -30,7 +30,7 @@ async fn readiness_is_503_while_shutting_down() {
 
 #[tokio::test]
 async fn metrics_carry_the_named_series_by_route_template() {
-    let app = TestApp::spawn().await;
+    let app = crate::spawn().await;
     let id = app.funded("USD", 10).await;
     let r = app.get(&format!("/v1/accounts/{id}")).send().await;
     assert_eq!(r.status, 200);

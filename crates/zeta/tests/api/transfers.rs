@@ -135,7 +135,7 @@ async fn set_status(app: &TestApp, id: &str, status: &str) {
 
 #[tokio::test]
 async fn transfer_moves_money_with_two_completed_legs() {
-    let app = TestApp::spawn().await;
+    let app = crate::spawn().await;
     let a = app.funded("USD", 1000).await;
     let b = app.funded("USD", 50).await;
     let r = app
@@ -189,7 +189,7 @@ async fn transfer_moves_money_with_two_completed_legs() {
 
 #[tokio::test]
 async fn refused_transfers_record_nothing() {
-    let app = TestApp::spawn().await;
+    let app = crate::spawn().await;
     let a = app.funded("USD", 1000).await;
     let b = app.funded("USD", 0).await;
     let eur = app.funded("EUR", 0).await;
@@ -272,7 +272,7 @@ async fn refused_transfers_record_nothing() {
 
 #[tokio::test]
 async fn insufficient_funds_records_a_failed_transfer() {
-    let app = TestApp::spawn().await;
+    let app = crate::spawn().await;
     let a = app.funded("USD", 100).await;
     let b = app.funded("USD", 0).await;
     let r = app
@@ -326,7 +326,7 @@ async fn insufficient_funds_records_a_failed_transfer() {
 
 #[tokio::test]
 async fn scoped_and_viewer_keys() {
-    let app = TestApp::spawn().await;
+    let app = crate::spawn().await;
     let a = app.funded("USD", 1000).await;
     let b = app.funded("USD", 0).await;
     let c = app.funded("USD", 0).await;
@@ -396,7 +396,7 @@ async fn scoped_and_viewer_keys() {
 
 #[tokio::test]
 async fn get_transfer_200_and_404() {
-    let app = TestApp::spawn().await;
+    let app = crate::spawn().await;
     let a = app.funded("USD", 100).await;
     let b = app.funded("USD", 0).await;
     let t = transfer_ok(&app, &a, &b, 40).await;
@@ -416,7 +416,7 @@ async fn get_transfer_200_and_404() {
 
 #[tokio::test]
 async fn reversing_a_transfer_moves_the_money_back() {
-    let app = TestApp::spawn().await;
+    let app = crate::spawn().await;
     let a = app.funded("USD", 1000).await;
     let b = app.funded("USD", 100).await;
     let original = transfer_ok(&app, &a, &b, 400).await;
@@ -493,7 +493,7 @@ async fn reversing_a_transfer_moves_the_money_back() {
 
 #[tokio::test]
 async fn reversing_a_leg_reverses_the_whole_transfer() {
-    let app = TestApp::spawn().await;
+    let app = crate::spawn().await;
     let a = app.funded("USD", 1000).await;
     let b = app.funded("USD", 0).await;
 
@@ -562,7 +562,7 @@ async fn reversing_a_leg_reverses_the_whole_transfer() {
 
 #[tokio::test]
 async fn reversal_needs_the_destination_funds_and_active_accounts() {
-    let app = TestApp::spawn().await;
+    let app = crate::spawn().await;
     let a = app.funded("USD", 1000).await;
     let b = app.funded("USD", 0).await;
     let t = transfer_ok(&app, &a, &b, 400).await;
@@ -634,7 +634,7 @@ enum Expect {
 
 #[tokio::test]
 async fn batch_of_1000_runs_in_order_with_per_item_results() {
-    let app = TestApp::spawn().await;
+    let app = crate::spawn().await;
     let start = [100_000_i64, 0, 5_000];
     let mut accounts = Vec::new();
     for balance in start {
@@ -796,7 +796,7 @@ async fn batch_of_1000_runs_in_order_with_per_item_results() {
 
 #[tokio::test]
 async fn atomic_batch_with_a_bad_item_records_nothing() {
-    let app = TestApp::spawn().await;
+    let app = crate::spawn().await;
     let a = app.funded("USD", 1000).await;
     let b = app.funded("USD", 0).await;
     let c = app.funded("USD", 0).await;
@@ -908,7 +908,7 @@ async fn atomic_batch_with_a_bad_item_records_nothing() {
 
 #[tokio::test]
 async fn batch_envelope_errors_are_validation_errors() {
-    let app = TestApp::spawn().await;
+    let app = crate::spawn().await;
     let a = app.funded("USD", 1000).await;
     let b = app.funded("USD", 0).await;
     let one = json!({"from_account_id": a, "to_account_id": b, "amount": 1});
@@ -954,7 +954,7 @@ async fn batch_envelope_errors_are_validation_errors() {
 
 #[tokio::test]
 async fn batch_idempotency_key_replays_byte_identically() {
-    let app = TestApp::spawn().await;
+    let app = crate::spawn().await;
     let a = app.funded("USD", 1000).await;
     let b = app.funded("USD", 0).await;
     let body = json!({"transfers": [
