@@ -441,8 +441,8 @@ async fn apply_batch(store: &dyn Store, jobs: &[Job]) -> Result<Vec<Reply>, Batc
         return Ok(replies);
     }
     let batch_id = Uuid::now_v7();
-    tx.write(&changes, &records).await?;
     tx.mark_batch(batch_id).await?;
+    tx.write(&changes, &records).await?;
     match tx.commit().await {
         Ok(()) => Ok(replies),
         Err(error @ StoreError::Unavailable(_)) => Err(BatchFailure {

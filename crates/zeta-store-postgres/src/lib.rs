@@ -176,7 +176,7 @@ impl Store for PgStore {
             .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ")
             .await
             .map_err(classify)?;
-        Ok(Box::new(PgLedgerTx { tx }))
+        Ok(Box::new(PgLedgerTx { tx, batch_id: None }))
     }
 
     async fn get_account(&self, id: Uuid) -> StoreResult<Option<Account>> {
@@ -424,6 +424,7 @@ impl Store for PgStore {
 
 struct PgLedgerTx {
     tx: sqlx::Transaction<'static, Postgres>,
+    batch_id: Option<Uuid>,
 }
 
 #[async_trait]
@@ -543,15 +544,12 @@ impl LedgerTx for PgLedgerTx {
         changes: &Changes,
         idempotency: &[IdempotencyRecord],
     ) -> StoreResult<()> {
-        rows::write_changes(&mut self.tx, changes, idempotency).await
+        rows::write_changes(&mut self.tx, changes, idempotency, self.batch_id).await
     }
 
     async fn mark_batch(&mut self, batch_id: Uuid) -> StoreResult<()> {
-        sqlx::query("INSERT INTO ledger_commits (id) VALUES ($1)")
-            .bind(batch_id)
-            .execute(&mut *self.tx)
-            .await
-            .map_err(classify)?;
+        // Written by `write`, in the same statement as the batch's rows.
+        self.batch_id = Some(batch_id);
         Ok(())
     }
 

@@ -3,6 +3,7 @@
 use serde_json::Value;
 use sqlx::postgres::PgRow;
 use sqlx::{Postgres, Row};
+use uuid::Uuid;
 use zeta_ledger::{
     Account, AccountStatus, Changes, Currency, FailureReason, Transaction, TransactionStatus,
     TransactionType, Transfer, TransferStatus, TransferView,
@@ -136,214 +137,201 @@ pub(crate) fn api_key_from_row(row: &PgRow) -> StoreResult<ApiKeyRecord> {
     })
 }
 
-/// Writes a batch with one statement per table and kind of change.
+/// Writes a whole batch — new and changed accounts, transfers and transactions, idempotency
+/// records and the batch marker — in ONE statement of data-modifying CTEs: one round trip
+/// whatever the batch size. Empty arrays make their part a no-op. Foreign keys are checked at
+/// the end of the statement, so parents and children may arrive together.
 pub(crate) async fn write_changes(
     tx: &mut sqlx::Transaction<'static, Postgres>,
     c: &Changes,
     idempotency: &[IdempotencyRecord],
+    batch_id: Option<Uuid>,
 ) -> StoreResult<()> {
-    if !c.new_accounts.is_empty() {
-        let a = &c.new_accounts;
-        sqlx::query(
-            "INSERT INTO accounts (id, account_number, owner_name, currency, balance, held, status,
-                                   version, seq, metadata, created_at, updated_at)
-             SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int8[],
-                                  $6::int8[], $7::text[], $8::int8[], $9::int8[], $10::jsonb[],
-                                  $11::timestamptz[], $12::timestamptz[])",
-        )
-        .bind(a.iter().map(|x| x.id).collect::<Vec<_>>())
-        .bind(
-            a.iter()
-                .map(|x| x.account_number.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(a.iter().map(|x| x.owner_name.as_str()).collect::<Vec<_>>())
-        .bind(a.iter().map(|x| x.currency.as_str()).collect::<Vec<_>>())
-        .bind(a.iter().map(|x| x.balance).collect::<Vec<_>>())
-        .bind(a.iter().map(|x| x.held).collect::<Vec<_>>())
-        .bind(a.iter().map(|x| x.status.as_str()).collect::<Vec<_>>())
-        .bind(a.iter().map(|x| x.version).collect::<Vec<_>>())
-        .bind(a.iter().map(|x| x.seq).collect::<Vec<_>>())
-        .bind(
-            a.iter()
-                .map(|x| Value::Object(x.metadata.clone()))
-                .collect::<Vec<_>>(),
-        )
-        .bind(a.iter().map(|x| x.created_at).collect::<Vec<_>>())
-        .bind(a.iter().map(|x| x.updated_at).collect::<Vec<_>>())
-        .execute(&mut **tx)
-        .await
-        .map_err(classify)?;
-    }
-    if !c.updated_accounts.is_empty() {
-        let a = &c.updated_accounts;
-        sqlx::query(
-            "UPDATE accounts AS a SET owner_name = u.owner_name, balance = u.balance,
-                    held = u.held, status = u.status, version = u.version, seq = u.seq,
-                    metadata = u.metadata, updated_at = u.updated_at
-               FROM unnest($1::uuid[], $2::text[], $3::int8[], $4::int8[], $5::text[],
-                           $6::int8[], $7::int8[], $8::jsonb[], $9::timestamptz[])
-                 AS u(id, owner_name, balance, held, status, version, seq, metadata, updated_at)
-              WHERE a.id = u.id",
-        )
-        .bind(a.iter().map(|x| x.id).collect::<Vec<_>>())
-        .bind(a.iter().map(|x| x.owner_name.as_str()).collect::<Vec<_>>())
-        .bind(a.iter().map(|x| x.balance).collect::<Vec<_>>())
-        .bind(a.iter().map(|x| x.held).collect::<Vec<_>>())
-        .bind(a.iter().map(|x| x.status.as_str()).collect::<Vec<_>>())
-        .bind(a.iter().map(|x| x.version).collect::<Vec<_>>())
-        .bind(a.iter().map(|x| x.seq).collect::<Vec<_>>())
-        .bind(
-            a.iter()
-                .map(|x| Value::Object(x.metadata.clone()))
-                .collect::<Vec<_>>(),
-        )
-        .bind(a.iter().map(|x| x.updated_at).collect::<Vec<_>>())
-        .execute(&mut **tx)
-        .await
-        .map_err(classify)?;
-    }
-    // Transfers before their legs (the legs reference them); reversal links are updates.
-    if !c.new_transfers.is_empty() {
-        let t = &c.new_transfers;
-        sqlx::query(
-            "INSERT INTO transfers (id, from_account_id, to_account_id, amount, currency, status,
-                                    debit_id, credit_id, reverses_id, reversed_by_id, description,
-                                    reference, created_at, updated_at)
-             SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::int8[], $5::text[],
-                                  $6::text[], $7::uuid[], $8::uuid[], $9::uuid[], $10::uuid[],
-                                  $11::text[], $12::text[], $13::timestamptz[], $14::timestamptz[])",
-        )
-        .bind(t.iter().map(|x| x.id).collect::<Vec<_>>())
-        .bind(t.iter().map(|x| x.from_account_id).collect::<Vec<_>>())
-        .bind(t.iter().map(|x| x.to_account_id).collect::<Vec<_>>())
-        .bind(t.iter().map(|x| x.amount).collect::<Vec<_>>())
-        .bind(t.iter().map(|x| x.currency.as_str()).collect::<Vec<_>>())
-        .bind(t.iter().map(|x| x.status.as_str()).collect::<Vec<_>>())
-        .bind(t.iter().map(|x| x.debit_id).collect::<Vec<_>>())
-        .bind(t.iter().map(|x| x.credit_id).collect::<Vec<_>>())
-        .bind(t.iter().map(|x| x.reverses_id).collect::<Vec<_>>())
-        .bind(t.iter().map(|x| x.reversed_by_id).collect::<Vec<_>>())
-        .bind(t.iter().map(|x| x.description.as_deref()).collect::<Vec<_>>())
-        .bind(t.iter().map(|x| x.reference.as_deref()).collect::<Vec<_>>())
-        .bind(t.iter().map(|x| x.created_at).collect::<Vec<_>>())
-        .bind(t.iter().map(|x| x.updated_at).collect::<Vec<_>>())
-        .execute(&mut **tx)
-        .await
-        .map_err(classify)?;
-    }
-    if !c.updated_transfers.is_empty() {
-        let t = &c.updated_transfers;
-        sqlx::query(
-            "UPDATE transfers AS t SET status = u.status, reversed_by_id = u.reversed_by_id,
-                    updated_at = u.updated_at
-               FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::timestamptz[])
-                 AS u(id, status, reversed_by_id, updated_at)
-              WHERE t.id = u.id",
-        )
-        .bind(t.iter().map(|x| x.id).collect::<Vec<_>>())
-        .bind(t.iter().map(|x| x.status.as_str()).collect::<Vec<_>>())
-        .bind(t.iter().map(|x| x.reversed_by_id).collect::<Vec<_>>())
-        .bind(t.iter().map(|x| x.updated_at).collect::<Vec<_>>())
-        .execute(&mut **tx)
-        .await
-        .map_err(classify)?;
-    }
-    if !c.new_transactions.is_empty() {
-        let t = &c.new_transactions;
-        sqlx::query(
-            "INSERT INTO transactions (id, account_id, seq, posted_seq, type, amount, currency,
-                                       status, balance_after, transfer_id, reverses_id,
-                                       reversed_by_id, failure_reason, description, reference,
-                                       created_at, posted_at, updated_at)
-             SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::int8[], $4::int8[], $5::text[],
-                                  $6::int8[], $7::text[], $8::text[], $9::int8[], $10::uuid[],
-                                  $11::uuid[], $12::uuid[], $13::text[], $14::text[], $15::text[],
-                                  $16::timestamptz[], $17::timestamptz[], $18::timestamptz[])",
-        )
-        .bind(t.iter().map(|x| x.id).collect::<Vec<_>>())
-        .bind(t.iter().map(|x| x.account_id).collect::<Vec<_>>())
-        .bind(t.iter().map(|x| x.seq).collect::<Vec<_>>())
-        .bind(t.iter().map(|x| x.posted_seq).collect::<Vec<_>>())
-        .bind(t.iter().map(|x| x.kind.as_str()).collect::<Vec<_>>())
-        .bind(t.iter().map(|x| x.amount).collect::<Vec<_>>())
-        .bind(t.iter().map(|x| x.currency.as_str()).collect::<Vec<_>>())
-        .bind(t.iter().map(|x| x.status.as_str()).collect::<Vec<_>>())
-        .bind(t.iter().map(|x| x.balance_after).collect::<Vec<_>>())
-        .bind(t.iter().map(|x| x.transfer_id).collect::<Vec<_>>())
-        .bind(t.iter().map(|x| x.reverses_id).collect::<Vec<_>>())
-        .bind(t.iter().map(|x| x.reversed_by_id).collect::<Vec<_>>())
-        .bind(
-            t.iter()
-                .map(|x| x.failure_reason.map(|f| f.as_str()))
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            t.iter()
-                .map(|x| x.description.as_deref())
-                .collect::<Vec<_>>(),
-        )
-        .bind(t.iter().map(|x| x.reference.as_deref()).collect::<Vec<_>>())
-        .bind(t.iter().map(|x| x.created_at).collect::<Vec<_>>())
-        .bind(t.iter().map(|x| x.posted_at).collect::<Vec<_>>())
-        .bind(t.iter().map(|x| x.updated_at).collect::<Vec<_>>())
-        .execute(&mut **tx)
-        .await
-        .map_err(classify)?;
-    }
-    if !c.updated_transactions.is_empty() {
-        let t = &c.updated_transactions;
-        sqlx::query(
-            "UPDATE transactions AS t SET status = u.status, posted_seq = u.posted_seq,
-                    balance_after = u.balance_after, reversed_by_id = u.reversed_by_id,
-                    failure_reason = u.failure_reason, posted_at = u.posted_at,
-                    updated_at = u.updated_at
-               FROM unnest($1::uuid[], $2::text[], $3::int8[], $4::int8[], $5::uuid[], $6::text[],
-                           $7::timestamptz[], $8::timestamptz[])
-                 AS u(id, status, posted_seq, balance_after, reversed_by_id, failure_reason,
-                      posted_at, updated_at)
-              WHERE t.id = u.id",
-        )
-        .bind(t.iter().map(|x| x.id).collect::<Vec<_>>())
-        .bind(t.iter().map(|x| x.status.as_str()).collect::<Vec<_>>())
-        .bind(t.iter().map(|x| x.posted_seq).collect::<Vec<_>>())
-        .bind(t.iter().map(|x| x.balance_after).collect::<Vec<_>>())
-        .bind(t.iter().map(|x| x.reversed_by_id).collect::<Vec<_>>())
-        .bind(
-            t.iter()
-                .map(|x| x.failure_reason.map(|f| f.as_str()))
-                .collect::<Vec<_>>(),
-        )
-        .bind(t.iter().map(|x| x.posted_at).collect::<Vec<_>>())
-        .bind(t.iter().map(|x| x.updated_at).collect::<Vec<_>>())
-        .execute(&mut **tx)
-        .await
-        .map_err(classify)?;
-    }
-    if !idempotency.is_empty() {
-        let i = idempotency;
-        sqlx::query(
-            "INSERT INTO idempotency_keys (api_key_id, key, request_hash, status, body, created_at)
-             SELECT * FROM unnest($1::uuid[], $2::text[], $3::bytea[], $4::int2[], $5::bytea[],
-                                  $6::timestamptz[])",
-        )
-        .bind(i.iter().map(|x| x.scope).collect::<Vec<_>>())
-        .bind(i.iter().map(|x| x.key.as_str()).collect::<Vec<_>>())
-        .bind(
-            i.iter()
-                .map(|x| x.request_hash.as_slice())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            i.iter()
-                .map(|x| i16::try_from(x.status).unwrap_or(500))
-                .collect::<Vec<_>>(),
-        )
-        .bind(i.iter().map(|x| x.body.as_slice()).collect::<Vec<_>>())
-        .bind(i.iter().map(|x| x.created_at).collect::<Vec<_>>())
-        .execute(&mut **tx)
-        .await
-        .map_err(classify)?;
-    }
+    let (na, ua) = (&c.new_accounts, &c.updated_accounts);
+    let (nt, ut) = (&c.new_transfers, &c.updated_transfers);
+    let (nx, ux) = (&c.new_transactions, &c.updated_transactions);
+    let i = idempotency;
+    sqlx::query(
+        "WITH
+         new_accounts AS (
+           INSERT INTO accounts (id, account_number, owner_name, currency, balance, held, status,
+                                 version, seq, metadata, created_at, updated_at)
+           SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int8[],
+                                $6::int8[], $7::text[], $8::int8[], $9::int8[], $10::jsonb[],
+                                $11::timestamptz[], $12::timestamptz[])),
+         changed_accounts AS (
+           UPDATE accounts AS a SET owner_name = u.owner_name, balance = u.balance,
+                  held = u.held, status = u.status, version = u.version, seq = u.seq,
+                  metadata = u.metadata, updated_at = u.updated_at
+             FROM unnest($13::uuid[], $14::text[], $15::int8[], $16::int8[], $17::text[],
+                         $18::int8[], $19::int8[], $20::jsonb[], $21::timestamptz[])
+               AS u(id, owner_name, balance, held, status, version, seq, metadata, updated_at)
+            WHERE a.id = u.id),
+         new_transfers AS (
+           INSERT INTO transfers (id, from_account_id, to_account_id, amount, currency, status,
+                                  debit_id, credit_id, reverses_id, reversed_by_id, description,
+                                  reference, created_at, updated_at)
+           SELECT * FROM unnest($22::uuid[], $23::uuid[], $24::uuid[], $25::int8[], $26::text[],
+                                $27::text[], $28::uuid[], $29::uuid[], $30::uuid[], $31::uuid[],
+                                $32::text[], $33::text[], $34::timestamptz[], $35::timestamptz[])),
+         changed_transfers AS (
+           UPDATE transfers AS t SET status = u.status, reversed_by_id = u.reversed_by_id,
+                  updated_at = u.updated_at
+             FROM unnest($36::uuid[], $37::text[], $38::uuid[], $39::timestamptz[])
+               AS u(id, status, reversed_by_id, updated_at)
+            WHERE t.id = u.id),
+         new_transactions AS (
+           INSERT INTO transactions (id, account_id, seq, posted_seq, type, amount, currency,
+                                     status, balance_after, transfer_id, reverses_id,
+                                     reversed_by_id, failure_reason, description, reference,
+                                     created_at, posted_at, updated_at)
+           SELECT * FROM unnest($40::uuid[], $41::uuid[], $42::int8[], $43::int8[], $44::text[],
+                                $45::int8[], $46::text[], $47::text[], $48::int8[], $49::uuid[],
+                                $50::uuid[], $51::uuid[], $52::text[], $53::text[], $54::text[],
+                                $55::timestamptz[], $56::timestamptz[], $57::timestamptz[])),
+         changed_transactions AS (
+           UPDATE transactions AS t SET status = u.status, posted_seq = u.posted_seq,
+                  balance_after = u.balance_after, reversed_by_id = u.reversed_by_id,
+                  failure_reason = u.failure_reason, posted_at = u.posted_at,
+                  updated_at = u.updated_at
+             FROM unnest($58::uuid[], $59::text[], $60::int8[], $61::int8[], $62::uuid[],
+                         $63::text[], $64::timestamptz[], $65::timestamptz[])
+               AS u(id, status, posted_seq, balance_after, reversed_by_id, failure_reason,
+                    posted_at, updated_at)
+            WHERE t.id = u.id),
+         new_keys AS (
+           INSERT INTO idempotency_keys (api_key_id, key, request_hash, status, body, created_at)
+           SELECT * FROM unnest($66::uuid[], $67::text[], $68::bytea[], $69::int2[],
+                                $70::bytea[], $71::timestamptz[])),
+         marker AS (
+           INSERT INTO ledger_commits (id) SELECT $72::uuid WHERE $72::uuid IS NOT NULL)
+         SELECT 1",
+    )
+    // new accounts
+    .bind(na.iter().map(|x| x.id).collect::<Vec<_>>())
+    .bind(
+        na.iter()
+            .map(|x| x.account_number.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(na.iter().map(|x| x.owner_name.as_str()).collect::<Vec<_>>())
+    .bind(na.iter().map(|x| x.currency.as_str()).collect::<Vec<_>>())
+    .bind(na.iter().map(|x| x.balance).collect::<Vec<_>>())
+    .bind(na.iter().map(|x| x.held).collect::<Vec<_>>())
+    .bind(na.iter().map(|x| x.status.as_str()).collect::<Vec<_>>())
+    .bind(na.iter().map(|x| x.version).collect::<Vec<_>>())
+    .bind(na.iter().map(|x| x.seq).collect::<Vec<_>>())
+    .bind(
+        na.iter()
+            .map(|x| Value::Object(x.metadata.clone()))
+            .collect::<Vec<_>>(),
+    )
+    .bind(na.iter().map(|x| x.created_at).collect::<Vec<_>>())
+    .bind(na.iter().map(|x| x.updated_at).collect::<Vec<_>>())
+    // changed accounts
+    .bind(ua.iter().map(|x| x.id).collect::<Vec<_>>())
+    .bind(ua.iter().map(|x| x.owner_name.as_str()).collect::<Vec<_>>())
+    .bind(ua.iter().map(|x| x.balance).collect::<Vec<_>>())
+    .bind(ua.iter().map(|x| x.held).collect::<Vec<_>>())
+    .bind(ua.iter().map(|x| x.status.as_str()).collect::<Vec<_>>())
+    .bind(ua.iter().map(|x| x.version).collect::<Vec<_>>())
+    .bind(ua.iter().map(|x| x.seq).collect::<Vec<_>>())
+    .bind(
+        ua.iter()
+            .map(|x| Value::Object(x.metadata.clone()))
+            .collect::<Vec<_>>(),
+    )
+    .bind(ua.iter().map(|x| x.updated_at).collect::<Vec<_>>())
+    // new transfers
+    .bind(nt.iter().map(|x| x.id).collect::<Vec<_>>())
+    .bind(nt.iter().map(|x| x.from_account_id).collect::<Vec<_>>())
+    .bind(nt.iter().map(|x| x.to_account_id).collect::<Vec<_>>())
+    .bind(nt.iter().map(|x| x.amount).collect::<Vec<_>>())
+    .bind(nt.iter().map(|x| x.currency.as_str()).collect::<Vec<_>>())
+    .bind(nt.iter().map(|x| x.status.as_str()).collect::<Vec<_>>())
+    .bind(nt.iter().map(|x| x.debit_id).collect::<Vec<_>>())
+    .bind(nt.iter().map(|x| x.credit_id).collect::<Vec<_>>())
+    .bind(nt.iter().map(|x| x.reverses_id).collect::<Vec<_>>())
+    .bind(nt.iter().map(|x| x.reversed_by_id).collect::<Vec<_>>())
+    .bind(
+        nt.iter()
+            .map(|x| x.description.as_deref())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        nt.iter()
+            .map(|x| x.reference.as_deref())
+            .collect::<Vec<_>>(),
+    )
+    .bind(nt.iter().map(|x| x.created_at).collect::<Vec<_>>())
+    .bind(nt.iter().map(|x| x.updated_at).collect::<Vec<_>>())
+    // changed transfers
+    .bind(ut.iter().map(|x| x.id).collect::<Vec<_>>())
+    .bind(ut.iter().map(|x| x.status.as_str()).collect::<Vec<_>>())
+    .bind(ut.iter().map(|x| x.reversed_by_id).collect::<Vec<_>>())
+    .bind(ut.iter().map(|x| x.updated_at).collect::<Vec<_>>())
+    // new transactions
+    .bind(nx.iter().map(|x| x.id).collect::<Vec<_>>())
+    .bind(nx.iter().map(|x| x.account_id).collect::<Vec<_>>())
+    .bind(nx.iter().map(|x| x.seq).collect::<Vec<_>>())
+    .bind(nx.iter().map(|x| x.posted_seq).collect::<Vec<_>>())
+    .bind(nx.iter().map(|x| x.kind.as_str()).collect::<Vec<_>>())
+    .bind(nx.iter().map(|x| x.amount).collect::<Vec<_>>())
+    .bind(nx.iter().map(|x| x.currency.as_str()).collect::<Vec<_>>())
+    .bind(nx.iter().map(|x| x.status.as_str()).collect::<Vec<_>>())
+    .bind(nx.iter().map(|x| x.balance_after).collect::<Vec<_>>())
+    .bind(nx.iter().map(|x| x.transfer_id).collect::<Vec<_>>())
+    .bind(nx.iter().map(|x| x.reverses_id).collect::<Vec<_>>())
+    .bind(nx.iter().map(|x| x.reversed_by_id).collect::<Vec<_>>())
+    .bind(
+        nx.iter()
+            .map(|x| x.failure_reason.map(|f| f.as_str()))
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        nx.iter()
+            .map(|x| x.description.as_deref())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        nx.iter()
+            .map(|x| x.reference.as_deref())
+            .collect::<Vec<_>>(),
+    )
+    .bind(nx.iter().map(|x| x.created_at).collect::<Vec<_>>())
+    .bind(nx.iter().map(|x| x.posted_at).collect::<Vec<_>>())
+    .bind(nx.iter().map(|x| x.updated_at).collect::<Vec<_>>())
+    // changed transactions
+    .bind(ux.iter().map(|x| x.id).collect::<Vec<_>>())
+    .bind(ux.iter().map(|x| x.status.as_str()).collect::<Vec<_>>())
+    .bind(ux.iter().map(|x| x.posted_seq).collect::<Vec<_>>())
+    .bind(ux.iter().map(|x| x.balance_after).collect::<Vec<_>>())
+    .bind(ux.iter().map(|x| x.reversed_by_id).collect::<Vec<_>>())
+    .bind(
+        ux.iter()
+            .map(|x| x.failure_reason.map(|f| f.as_str()))
+            .collect::<Vec<_>>(),
+    )
+    .bind(ux.iter().map(|x| x.posted_at).collect::<Vec<_>>())
+    .bind(ux.iter().map(|x| x.updated_at).collect::<Vec<_>>())
+    // idempotency records
+    .bind(i.iter().map(|x| x.scope).collect::<Vec<_>>())
+    .bind(i.iter().map(|x| x.key.as_str()).collect::<Vec<_>>())
+    .bind(
+        i.iter()
+            .map(|x| x.request_hash.as_slice())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        i.iter()
+            .map(|x| i16::try_from(x.status).unwrap_or(500))
+            .collect::<Vec<_>>(),
+    )
+    .bind(i.iter().map(|x| x.body.as_slice()).collect::<Vec<_>>())
+    .bind(i.iter().map(|x| x.created_at).collect::<Vec<_>>())
+    .bind(batch_id)
+    .execute(&mut **tx)
+    .await
+    .map_err(classify)?;
     Ok(())
 }

@@ -166,7 +166,8 @@ pub trait LedgerTx: Send {
         changes: &Changes,
         idempotency: &[IdempotencyRecord],
     ) -> StoreResult<()>;
-    /// Records that this transaction is batch `batch_id` (see [`Store::resolve_batch`]).
+    /// Records that this transaction is batch `batch_id` (see [`Store::resolve_batch`]); called
+    /// before `write`, whose statements may carry the marker.
     async fn mark_batch(&mut self, _batch_id: Uuid) -> StoreResult<()> {
         Ok(())
     }
