@@ -147,6 +147,9 @@ impl PgStore {
         // Advisory locks are not available on every PostgreSQL-compatible engine; migrations
         // run in one transaction each, and a concurrent duplicate run fails on the version key.
         migrator.set_locking(false);
+        // A rolled-back release keeps working on a database that a newer one migrated
+        // (migrations only ever add: expand first, contract in a later release).
+        migrator.set_ignore_missing(true);
         migrator
     }
 }

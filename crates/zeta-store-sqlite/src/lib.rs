@@ -174,7 +174,11 @@ impl SqliteStore {
                 )
             })
             .collect();
-        Migrator::with_migrations(migrations)
+        let mut migrator = Migrator::with_migrations(migrations);
+        // A rolled-back release keeps working on a database that a newer one migrated
+        // (migrations only ever add: expand first, contract in a later release).
+        migrator.set_ignore_missing(true);
+        migrator
     }
 }
 
