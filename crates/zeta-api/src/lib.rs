@@ -6,6 +6,7 @@ pub mod breaker;
 mod command;
 pub mod error;
 pub mod json;
+pub mod openapi;
 pub mod request;
 mod routes;
 pub mod telemetry;
@@ -25,6 +26,7 @@ use zeta_store::{Store, StoreError};
 
 use crate::breaker::{BreakerSettings, CircuitBreaker};
 pub use error::ApiError;
+pub use routes::{V1_ROUTES, V1Route};
 
 /// Everything a handler needs, assembled once at start.
 #[derive(Clone)]
@@ -132,6 +134,7 @@ pub(crate) fn engine_error(e: EngineError) -> ApiError {
 /// The whole HTTP application.
 pub fn router(state: AppState) -> Router {
     routes::routes()
+        .merge(openapi::routes())
         .route_layer(middleware::from_fn(request::route_template))
         .with_state(state)
         .layer(middleware::from_fn(request::context))

@@ -5,10 +5,10 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::Router;
-use axum::extract::{Path, RawQuery, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{MethodFilter, MethodRouter, get, on};
 use serde_json::{Value, json};
 use uuid::Uuid;
 use zeta_ledger::{
@@ -21,8 +21,8 @@ use crate::auth::Role;
 use crate::command::{ItemErrors, account_headers, execute, raw_response};
 use crate::error::{ApiError, FieldError};
 use crate::json::{Fields, Query};
-use crate::request::{Authed, BATCH_BODY_LIMIT, BODY_LIMIT, Ctx, JsonRequest};
-use crate::{AppState, store_error, views};
+use crate::request::{Authed, BATCH_BODY_LIMIT, BODY_LIMIT, Ctx, JsonRequest, PathId, if_match};
+use crate::{AppState, openapi, store_error, views};
 
 type Body = JsonRequest<BODY_LIMIT, false>;
 type OptionalBody = JsonRequest<BODY_LIMIT, true>;
@@ -37,22 +37,71 @@ const MAX_METADATA_BYTES: usize = 4096;
 /// Most transfers in one batch request.
 pub const MAX_BATCH_ITEMS: usize = 1000;
 
+/// One `/v1` route. The router serves exactly the routes of [`V1_ROUTES`] under `/v1`, and the
+/// OpenAPI document (`crate::openapi`) must describe exactly these: a test checks both ways.
+pub struct V1Route {
+    pub method: Method,
+    /// The path template, in the syntax both axum and OpenAPI use (`{id}`).
+    pub path: &'static str,
+    handler: fn(MethodFilter) -> MethodRouter<AppState>,
+}
+
+const fn v1(
+    method: Method,
+    path: &'static str,
+    handler: fn(MethodFilter) -> MethodRouter<AppState>,
+) -> V1Route {
+    V1Route {
+        method,
+        path,
+        handler,
+    }
+}
+
+/// Every `/v1` route, in the order of API.md.
+pub const V1_ROUTES: &[V1Route] = &[
+    v1(Method::POST, "/v1/accounts", |m| on(m, create_account)),
+    v1(Method::GET, "/v1/accounts", |m| on(m, list_accounts)),
+    v1(Method::GET, "/v1/accounts/{id}", |m| on(m, get_account)),
+    v1(Method::PATCH, "/v1/accounts/{id}", |m| {
+        on(m, update_account)
+    }),
+    v1(Method::GET, "/v1/accounts/{id}/balance", |m| {
+        on(m, get_balance)
+    }),
+    v1(Method::POST, "/v1/accounts/{id}/credits", |m| on(m, credit)),
+    v1(Method::POST, "/v1/accounts/{id}/debits", |m| on(m, debit)),
+    v1(Method::GET, "/v1/accounts/{id}/transactions", |m| {
+        on(m, list_transactions)
+    }),
+    v1(Method::GET, "/v1/transactions/{id}", |m| {
+        on(m, get_transaction)
+    }),
+    v1(Method::POST, "/v1/transactions/{id}/capture", |m| {
+        on(m, capture)
+    }),
+    v1(Method::POST, "/v1/transactions/{id}/void", |m| on(m, void)),
+    v1(Method::POST, "/v1/transactions/{id}/reverse", |m| {
+        on(m, reverse_transaction)
+    }),
+    v1(Method::POST, "/v1/transfers", |m| on(m, create_transfer)),
+    v1(Method::POST, "/v1/transfers/batch", |m| {
+        on(m, create_transfer_batch)
+    }),
+    v1(Method::GET, "/v1/transfers/{id}", |m| on(m, get_transfer)),
+    v1(Method::POST, "/v1/transfers/{id}/reverse", |m| {
+        on(m, reverse_transfer)
+    }),
+];
+
 pub(crate) fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/v1/accounts", post(create_account).get(list_accounts))
-        .route("/v1/accounts/{id}", get(get_account).patch(update_account))
-        .route("/v1/accounts/{id}/balance", get(get_balance))
-        .route("/v1/accounts/{id}/credits", post(credit))
-        .route("/v1/accounts/{id}/debits", post(debit))
-        .route("/v1/accounts/{id}/transactions", get(list_transactions))
-        .route("/v1/transactions/{id}", get(get_transaction))
-        .route("/v1/transactions/{id}/capture", post(capture))
-        .route("/v1/transactions/{id}/void", post(void))
-        .route("/v1/transactions/{id}/reverse", post(reverse_transaction))
-        .route("/v1/transfers", post(create_transfer))
-        .route("/v1/transfers/batch", post(create_transfer_batch))
-        .route("/v1/transfers/{id}", get(get_transfer))
-        .route("/v1/transfers/{id}/reverse", post(reverse_transfer))
+    V1_ROUTES
+        .iter()
+        .fold(Router::new(), |router, route| {
+            let filter =
+                MethodFilter::try_from(route.method.clone()).expect("a method axum can route");
+            router.route(route.path, (route.handler)(filter))
+        })
         .route("/health/live", get(live))
         .route("/health/ready", get(ready))
         .route("/metrics", get(metrics))
@@ -123,6 +172,28 @@ fn valid_account_number(n: &str) -> bool {
             .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/accounts",
+    tag = "accounts",
+    summary = "Create an account",
+    description = "Opens an account at balance 0. Needs an `operator` or `admin` key that is not limited to accounts.",
+    request_body(content = openapi::CreateAccount, examples(
+        ("generated number" = (summary = "The server picks the account number", value = json!(openapi::examples::create_account()))),
+        ("own number" = (summary = "The client's own account number", value = json!(openapi::examples::create_account_with_number()))),
+    )),
+    responses(
+        (status = 201, description = "The new account.", body = openapi::Account,
+            headers(
+                ("Location" = String, description = "`/v1/accounts/{id}` of the new account (absent on an idempotent replay)."),
+                ("ETag" = String, description = "The account's `version` in quotes (absent on an idempotent replay)."),
+            ),
+            example = json!(openapi::examples::new_account())),
+        (status = 403, description = "- `forbidden`: a `viewer` key, or a key limited to accounts"),
+        (status = 409, description = "- `account_number_taken`: the account number is, or was, in use"),
+        (status = 422, description = "- `validation_error`: a field is missing, invalid or unknown (`errors` lists them)"),
+    ),
+)]
 async fn create_account(State(state): State<AppState>, req: Body) -> Result<Response, ApiError> {
     let mut f = Fields::body(req.body)?;
     let owner_name = f.string("owner_name", 1, MAX_OWNER_NAME, true);
@@ -172,9 +243,22 @@ async fn create_account(State(state): State<AppState>, req: Body) -> Result<Resp
     .await
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/accounts/{id}",
+    tag = "accounts",
+    summary = "Get an account",
+    params(("id" = Uuid, Path, description = "The account's id.")),
+    responses(
+        (status = 200, description = "The account.", body = openapi::Account,
+            headers(("ETag" = String, description = "The account's `version` in quotes, e.g. `\"4\"`: the `If-Match` of a PATCH.")),
+            example = json!(openapi::examples::account())),
+        (status = 404, description = "- `not_found`: no such account, or it is outside the key's scope"),
+    ),
+)]
 async fn get_account(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathId(id): PathId,
     Authed(ctx): Authed,
 ) -> Result<Response, ApiError> {
     let id = path_id(&id, "account")?;
@@ -184,6 +268,19 @@ async fn get_account(
     Ok(response)
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/accounts",
+    tag = "accounts",
+    summary = "List accounts",
+    description = "Accounts, oldest first. A key limited to accounts lists only those.",
+    params(openapi::AccountListQuery),
+    responses(
+        (status = 200, description = "A page of accounts.", body = openapi::Page<openapi::Account>,
+            example = json!(openapi::examples::accounts_page())),
+        (status = 422, description = "- `validation_error`: a bad `status`, `limit` or `cursor`, or a repeated or unknown query parameter"),
+    ),
+)]
 async fn list_accounts(
     State(state): State<AppState>,
     RawQuery(query): RawQuery,
@@ -232,29 +329,37 @@ async fn list_accounts(
     )))
 }
 
-/// `If-Match: "<version>"`: None when absent, 400 when not a single strong ETag.
-fn if_match(headers: &HeaderMap) -> Result<Option<i64>, ApiError> {
-    let Some(v) = headers.get(header::IF_MATCH) else {
-        return Ok(None);
-    };
-    v.to_str()
-        .ok()
-        .and_then(|s| {
-            s.trim()
-                .strip_prefix('"')?
-                .strip_suffix('"')?
-                .parse::<i64>()
-                .ok()
-        })
-        .map(Some)
-        .ok_or_else(|| {
-            ApiError::InvalidHeader("If-Match must be the account's ETag, e.g. \"3\"".into())
-        })
-}
-
+#[utoipa::path(
+    patch,
+    path = "/v1/accounts/{id}",
+    tag = "accounts",
+    summary = "Update an account",
+    description = openapi::text::PATCH,
+    params(
+        ("id" = Uuid, Path, description = "The account's id."),
+        ("If-Match" = String, Header, description = "The account's current `ETag`, e.g. `\"4\"`.", pattern = r#"^"[0-9]{1,18}"$"#, example = json!("\"4\"")),
+    ),
+    request_body(content = openapi::PatchAccount, examples(
+        ("freeze" = (summary = "Freeze the account", value = json!(openapi::examples::patch_account()))),
+        ("rename" = (summary = "New owner name and metadata", value = json!({"owner_name": "Ada King", "metadata": {"customer_id": "C-1029", "segment": "private"}}))),
+        ("close" = (summary = "Close it (balance must be 0; final)", value = json!({"status": "closed"}))),
+    )),
+    responses(
+        (status = 200, description = "The updated account.", body = openapi::Account,
+            headers(("ETag" = String, description = "The account's `version` in quotes, e.g. `\"4\"`: the `If-Match` of a PATCH.")),
+            example = json!(openapi::examples::patched_account())),
+        (status = 400, description = "- `malformed_json`: the body is not JSON\n- `invalid_header`: `If-Match` is not a version in quotes, e.g. `\"4\"`"),
+        (status = 403, description = "- `forbidden`: a `viewer` key"),
+        (status = 404, description = "- `not_found`: no such account, or it is outside the key's scope"),
+        (status = 409, description = "- `account_not_empty`: closing needs a zero balance\n- `invalid_state`: the account is closed"),
+        (status = 412, description = "- `version_mismatch`: `If-Match` is not the account's current version"),
+        (status = 422, description = "- `validation_error`: a field is invalid, null or unknown (`errors` lists them)"),
+        (status = 428, description = "- `precondition_required`: no `If-Match` header"),
+    ),
+)]
 async fn update_account(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathId(id): PathId,
     headers: HeaderMap,
     req: Body,
 ) -> Result<Response, ApiError> {
@@ -303,9 +408,25 @@ async fn update_account(
     .await
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/accounts/{id}/balance",
+    tag = "accounts",
+    summary = "Balance at an instant",
+    description = openapi::text::BALANCE,
+    params(("id" = Uuid, Path, description = "The account's id."), openapi::BalanceQuery),
+    responses(
+        (status = 200, description = "The balance as of `at` (or now).", body = openapi::Balance, examples(
+            ("at an instant" = (summary = "?at=2026-11-25T12:00:00Z: after the salary, before the coffee", value = json!(openapi::examples::balance()))),
+            ("before the first movement" = (summary = "?at=2026-11-01T00:00:00Z", value = json!(openapi::examples::balance_before_first()))),
+        )),
+        (status = 404, description = "- `not_found`: no such account, or it is outside the key's scope"),
+        (status = 422, description = "- `validation_error`: `at` is not an RFC 3339 date-time, or a repeated or unknown query parameter"),
+    ),
+)]
 async fn get_balance(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathId(id): PathId,
     RawQuery(query): RawQuery,
     Authed(ctx): Authed,
 ) -> Result<Response, ApiError> {
@@ -335,9 +456,25 @@ async fn get_balance(
 
 // ----- money on one account ----------------------------------------------------------------
 
+#[utoipa::path(
+    post,
+    path = "/v1/accounts/{id}/credits",
+    tag = "transactions",
+    summary = "Credit an account",
+    description = "Puts money into the account: a `completed` credit.",
+    params(("id" = Uuid, Path, description = "The account's id.")),
+    request_body(content = openapi::Credit, example = json!(openapi::examples::credit())),
+    responses(
+        (status = 201, description = "The completed credit.", body = openapi::Transaction,
+            example = json!(openapi::examples::credit_tx())),
+        (status = 403, description = "- `forbidden`: a `viewer` key (moving money needs `operator` or `admin`)"),
+        (status = 404, description = "- `not_found`: no such account, or it is outside the key's scope"),
+        (status = 422, description = "- `validation_error`: a field is missing, invalid or unknown (`errors` lists them)\n- `account_not_active`: the account is frozen or closed\n- `balance_overflow`: the balance would exceed 2^63−1"),
+    ),
+)]
 async fn credit(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathId(id): PathId,
     req: Body,
 ) -> Result<Response, ApiError> {
     let mut f = Fields::body(req.body)?;
@@ -365,9 +502,30 @@ async fn credit(
     .await
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/accounts/{id}/debits",
+    tags = ["transactions", "holds"],
+    summary = "Debit an account, or place a hold",
+    description = openapi::text::DEBIT,
+    params(("id" = Uuid, Path, description = "The account's id.")),
+    request_body(content = openapi::Debit, examples(
+        ("debit" = (summary = "A completed debit", value = json!(openapi::examples::debit()))),
+        ("hold" = (summary = "A hold: reserve funds to capture or void later", value = json!(openapi::examples::hold()))),
+    )),
+    responses(
+        (status = 201, description = "The debit: `completed`, or `pending` for a hold.", body = openapi::Transaction, examples(
+            ("debit" = (summary = "A completed debit", value = json!(openapi::examples::debit_tx()))),
+            ("hold" = (summary = "A hold: pending, not posted (balance_after and posted_at are null)", value = json!(openapi::examples::hold_tx()))),
+        )),
+        (status = 403, description = "- `forbidden`: a `viewer` key (moving money needs `operator` or `admin`)"),
+        (status = 404, description = "- `not_found`: no such account, or it is outside the key's scope"),
+        (status = 422, description = "- `validation_error`: a field is missing, invalid or unknown (`errors` lists them)\n- `account_not_active`: the account is frozen or closed\n- `insufficient_funds`: the available balance is less than the amount; the declined attempt is recorded as a `failed` transaction whose id is `transaction_id`"),
+    ),
+)]
 async fn debit(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathId(id): PathId,
     req: Body,
 ) -> Result<Response, ApiError> {
     let mut f = Fields::body(req.body)?;
@@ -397,9 +555,23 @@ async fn debit(
     .await
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/accounts/{id}/transactions",
+    tag = "transactions",
+    summary = "List an account's transactions",
+    description = openapi::text::LIST_TRANSACTIONS,
+    params(("id" = Uuid, Path, description = "The account's id."), openapi::TransactionListQuery),
+    responses(
+        (status = 200, description = "A page of transactions, newest first.", body = openapi::Page<openapi::Transaction>,
+            example = json!(openapi::examples::transactions_page())),
+        (status = 404, description = "- `not_found`: no such account, or it is outside the key's scope"),
+        (status = 422, description = "- `validation_error`: a bad `status`, `type`, `since`, `until`, `limit` or `cursor`, or a repeated or unknown query parameter"),
+    ),
+)]
 async fn list_transactions(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathId(id): PathId,
     RawQuery(query): RawQuery,
     Authed(ctx): Authed,
 ) -> Result<Response, ApiError> {
@@ -449,9 +621,21 @@ async fn list_transactions(
 
 // ----- transactions ------------------------------------------------------------------------
 
+#[utoipa::path(
+    get,
+    path = "/v1/transactions/{id}",
+    tag = "transactions",
+    summary = "Get a transaction",
+    params(("id" = Uuid, Path, description = "The transaction's id.")),
+    responses(
+        (status = 200, description = "The transaction.", body = openapi::Transaction,
+            example = json!(openapi::examples::debit_tx())),
+        (status = 404, description = "- `not_found`: no such transaction, or its account is outside the key's scope"),
+    ),
+)]
 async fn get_transaction(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathId(id): PathId,
     Authed(ctx): Authed,
 ) -> Result<Response, ApiError> {
     let id = path_id(&id, "transaction")?;
@@ -487,9 +671,26 @@ async fn settle(
     .await
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/transactions/{id}/capture",
+    tag = "holds",
+    summary = "Capture a hold",
+    description = openapi::text::CAPTURE,
+    params(("id" = Uuid, Path, description = "The transaction's id.")),
+    request_body(content = Option<openapi::NoFields>, description = "Nothing, or `{}`.", example = json!({})),
+    responses(
+        (status = 200, description = "The captured debit, now `completed`.", body = openapi::Transaction,
+            example = json!(openapi::examples::captured_tx())),
+        (status = 403, description = "- `forbidden`: a `viewer` key (moving money needs `operator` or `admin`)"),
+        (status = 404, description = "- `not_found`: no such transaction, or its account is outside the key's scope"),
+        (status = 409, description = "- `invalid_state`: not a pending debit (already captured, voided, or not a hold)"),
+        (status = 422, description = "- `validation_error`: the body has fields\n- `account_not_active`: the account is frozen or closed"),
+    ),
+)]
 async fn capture(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathId(id): PathId,
     req: OptionalBody,
 ) -> Result<Response, ApiError> {
     settle(&state, &id, req, |transaction_id| Command::Capture {
@@ -498,9 +699,26 @@ async fn capture(
     .await
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/transactions/{id}/void",
+    tag = "holds",
+    summary = "Void a hold",
+    description = openapi::text::VOID,
+    params(("id" = Uuid, Path, description = "The transaction's id.")),
+    request_body(content = Option<openapi::NoFields>, description = "Nothing, or `{}`.", example = json!({})),
+    responses(
+        (status = 200, description = "The voided debit, now `failed` with `failure_reason: \"voided\"`.", body = openapi::Transaction,
+            example = json!(openapi::examples::voided_tx())),
+        (status = 403, description = "- `forbidden`: a `viewer` key (moving money needs `operator` or `admin`)"),
+        (status = 404, description = "- `not_found`: no such transaction, or its account is outside the key's scope"),
+        (status = 409, description = "- `invalid_state`: not a pending debit (already captured, voided, or not a hold)"),
+        (status = 422, description = "- `validation_error`: the body has fields"),
+    ),
+)]
 async fn void(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathId(id): PathId,
     req: OptionalBody,
 ) -> Result<Response, ApiError> {
     settle(&state, &id, req, |transaction_id| Command::Void {
@@ -516,9 +734,26 @@ fn reason(req_body: Option<Value>) -> Result<Option<String>, ApiError> {
     Ok(reason)
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/transactions/{id}/reverse",
+    tag = "transactions",
+    summary = "Reverse a transaction",
+    description = openapi::text::REVERSE_TRANSACTION,
+    params(("id" = Uuid, Path, description = "The transaction's id.")),
+    request_body(content = Option<openapi::Reverse>, example = json!(openapi::examples::reverse())),
+    responses(
+        (status = 201, description = "The compensating transaction.", body = openapi::Transaction,
+            example = json!(openapi::examples::reversal_tx())),
+        (status = 403, description = "- `forbidden`: a `viewer` key (moving money needs `operator` or `admin`)"),
+        (status = 404, description = "- `not_found`: no such transaction, or its account is outside the key's scope"),
+        (status = 409, description = "- `already_reversed`: it was reversed before\n- `invalid_state`: it is pending, failed, or itself a compensation"),
+        (status = 422, description = "- `validation_error`: `reason` is invalid, or a field is unknown\n- `account_not_active`: an account involved is frozen or closed\n- `balance_overflow`: a balance would exceed 2^63−1\n- `insufficient_funds`: the account to take the money back from has too little available (nothing is recorded)"),
+    ),
+)]
 async fn reverse_transaction(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathId(id): PathId,
     req: OptionalBody,
 ) -> Result<Response, ApiError> {
     let reason = reason(req.body)?;
@@ -556,6 +791,21 @@ fn transfer_spec(f: &mut Fields) -> Option<TransferSpec> {
     })
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/transfers",
+    tag = "transfers",
+    summary = "Transfer money",
+    description = "Moves money between two accounts of one currency: a debit on the source and a credit on the destination, both `completed` in one database transaction.",
+    request_body(content = openapi::CreateTransfer, example = json!(openapi::examples::create_transfer())),
+    responses(
+        (status = 201, description = "The completed transfer.", body = openapi::Transfer,
+            example = json!(openapi::examples::transfer())),
+        (status = 403, description = "- `forbidden`: a `viewer` key (moving money needs `operator` or `admin`)"),
+        (status = 404, description = "- `not_found`: an account is unknown or outside the key's scope"),
+        (status = 422, description = "- `validation_error`: a field is missing, invalid or unknown (`errors` lists them)\n- `same_account`: source and destination are the same account\n- `currency_mismatch`: the accounts hold different currencies\n- `account_not_active`: an account is frozen or closed\n- `balance_overflow`: the destination's balance would exceed 2^63−1\n- `insufficient_funds`: the source's available balance is short; the declined transfer is recorded (`status: failed`, a failed debit, no credit) and its id is `transfer_id`, and its failed debit's is `transaction_id`"),
+    ),
+)]
 async fn create_transfer(State(state): State<AppState>, req: Body) -> Result<Response, ApiError> {
     let mut f = Fields::body(req.body)?;
     let spec = transfer_spec(&mut f);
@@ -574,6 +824,26 @@ async fn create_transfer(State(state): State<AppState>, req: Body) -> Result<Res
     .await
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/transfers/batch",
+    tag = "transfers",
+    summary = "Transfer in batches",
+    description = openapi::text::BATCH,
+    request_body(content = openapi::TransferBatch, examples(
+        ("not atomic" = (summary = "Each item on its own: the first succeeds, the second is declined, the third is invalid", value = json!(openapi::examples::batch()))),
+        ("atomic" = (summary = "All or nothing: one item fails, so nothing is recorded", value = json!(openapi::examples::batch_atomic()))),
+    )),
+    responses(
+        (status = 200, description = "One result per item, in request order.", body = openapi::BatchResult, examples(
+            ("not atomic" = (summary = "Results of the non-atomic example", value = json!(openapi::examples::batch_result()))),
+            ("atomic" = (summary = "Results of the atomic example: nothing recorded", value = json!(openapi::examples::batch_atomic_result()))),
+        )),
+        (status = 403, description = "- `forbidden`: a `viewer` key (moving money needs `operator` or `admin`)"),
+        (status = 413, description = "- `payload_too_large`: the body is larger than 1 MiB"),
+        (status = 422, description = "- `validation_error`: a malformed envelope: `transfers` missing, not a list, empty or longer than 1000; `atomic` not a boolean; an unknown field"),
+    ),
+)]
 async fn create_transfer_batch(
     State(state): State<AppState>,
     req: BatchBody,
@@ -637,9 +907,21 @@ async fn create_transfer_batch(
     .await
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/transfers/{id}",
+    tag = "transfers",
+    summary = "Get a transfer",
+    params(("id" = Uuid, Path, description = "The transfer's id.")),
+    responses(
+        (status = 200, description = "The transfer.", body = openapi::Transfer,
+            example = json!(openapi::examples::transfer())),
+        (status = 404, description = "- `not_found`: no such transfer, or one of its accounts is outside the key's scope"),
+    ),
+)]
 async fn get_transfer(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathId(id): PathId,
     Authed(ctx): Authed,
 ) -> Result<Response, ApiError> {
     let id = path_id(&id, "transfer")?;
@@ -655,9 +937,26 @@ async fn get_transfer(
     Ok(json_ok(&views::transfer(&view)))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/transfers/{id}/reverse",
+    tag = "transfers",
+    summary = "Reverse a transfer",
+    description = openapi::text::REVERSE_TRANSFER,
+    params(("id" = Uuid, Path, description = "The transfer's id.")),
+    request_body(content = Option<openapi::Reverse>, example = json!(openapi::examples::reverse())),
+    responses(
+        (status = 201, description = "The compensating transfer, from the original destination back to the source.", body = openapi::Transfer,
+            example = json!(openapi::examples::reversal_transfer())),
+        (status = 403, description = "- `forbidden`: a `viewer` key (moving money needs `operator` or `admin`)"),
+        (status = 404, description = "- `not_found`: no such transfer, or one of its accounts is outside the key's scope"),
+        (status = 409, description = "- `already_reversed`: it was reversed before\n- `invalid_state`: it is pending, failed, or itself a compensation"),
+        (status = 422, description = "- `validation_error`: `reason` is invalid, or a field is unknown\n- `account_not_active`: an account involved is frozen or closed\n- `balance_overflow`: a balance would exceed 2^63−1\n- `insufficient_funds`: the account to take the money back from has too little available (nothing is recorded)"),
+    ),
+)]
 async fn reverse_transfer(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathId(id): PathId,
     req: OptionalBody,
 ) -> Result<Response, ApiError> {
     let reason = reason(req.body)?;

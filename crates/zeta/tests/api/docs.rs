@@ -80,7 +80,7 @@ fn parameter_names(doc: &Value, op: &Value) -> Vec<String> {
 
 #[tokio::test]
 async fn the_document_is_openapi_3_1_and_needs_no_key() {
-    let app = TestApp::spawn().await;
+    let app = crate::spawn().await;
     let doc = document(&app).await;
     let version = doc["openapi"].as_str().expect("openapi version");
     assert!(version.starts_with("3.1."), "openapi {version}");
@@ -103,7 +103,7 @@ async fn the_document_is_openapi_3_1_and_needs_no_key() {
 
 #[tokio::test]
 async fn the_document_describes_exactly_the_routes_of_the_router() {
-    let app = TestApp::spawn().await;
+    let app = crate::spawn().await;
     let doc = document(&app).await;
     let documented = documented(&doc);
     let served = served();
@@ -150,7 +150,7 @@ async fn the_document_describes_exactly_the_routes_of_the_router() {
 
 #[tokio::test]
 async fn every_operation_documents_errors_headers_and_examples() {
-    let app = TestApp::spawn().await;
+    let app = crate::spawn().await;
     let doc = document(&app).await;
     for (method, path) in documented(&doc) {
         let m = method.to_lowercase();
@@ -390,7 +390,7 @@ const SVG_NAMESPACE: &str = "http://www.w3.org/2000/svg";
 
 #[tokio::test]
 async fn the_docs_page_loads_only_from_this_server() {
-    let app = TestApp::spawn().await;
+    let app = crate::spawn().await;
     for page in ["/docs", "/docs/"] {
         let r = app.req(Method::GET, page).no_auth().send().await;
         assert_eq!(r.status, 200, "{page}");

@@ -1,7 +1,6 @@
 //! Idempotency-Key: replay, mismatch, in-flight and exactly-once under concurrency.
 
 use serde_json::json;
-use zeta_testkit::TestApp;
 
 #[tokio::test]
 async fn replay_is_byte_identical_with_header() {

@@ -2,7 +2,6 @@
 
 use axum::http::Method;
 use serde_json::json;
-use zeta_testkit::TestApp;
 
 #[tokio::test]
 async fn health_endpoints_need_no_key() {

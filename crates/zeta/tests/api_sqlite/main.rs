@@ -4,6 +4,8 @@
 mod accounts;
 #[path = "../api/concurrency.rs"]
 mod concurrency;
+#[path = "../api/docs.rs"]
+mod docs;
 #[path = "../api/errors.rs"]
 mod errors;
 #[path = "../api/holds.rs"]
