@@ -118,6 +118,19 @@ fn replay(record: &IdempotencyRecord, request_hash: &[u8]) -> Result<Response<Bo
     response
         .headers_mut()
         .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    // A replayed account keeps its ETag (and, when created, its Location).
+    if (200..300).contains(&record.status)
+        && let Ok(body) = serde_json::from_slice::<Value>(&record.body)
+        && body.get("account_number").is_some()
+        && let (Some(id), Some(version)) = (
+            body["id"]
+                .as_str()
+                .and_then(|s| uuid::Uuid::try_parse(s).ok()),
+            body["version"].as_i64(),
+        )
+    {
+        account_headers(&mut response, id, version, record.status == 201);
+    }
     Ok(response)
 }
 

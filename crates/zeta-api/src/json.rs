@@ -185,6 +185,29 @@ pub fn canonical(value: &Value, out: &mut String) {
     }
 }
 
+/// Finds a number that the databases would not give back unchanged: stored JSON keeps numbers
+/// as exact decimals, and ones near the limits of a double (or `-0`) would come back different
+/// or not at all. Returns its path.
+fn unstorable_number(value: &Value, path: &str) -> Option<String> {
+    match value {
+        Value::Number(n) if n.is_f64() => {
+            let f = n.as_f64().unwrap_or(f64::NAN);
+            let magnitude = f.abs();
+            let ok = f.is_finite()
+                && ((f == 0.0 && f.is_sign_positive()) || (1e-300..=1e300).contains(&magnitude));
+            (!ok).then(|| path.to_string())
+        }
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, v)| unstorable_number(v, &format!("{path}.{i}"))),
+        Value::Object(map) => map
+            .iter()
+            .find_map(|(k, v)| unstorable_number(v, &format!("{path}.{k}"))),
+        _ => None,
+    }
+}
+
 /// Field-by-field validation of one JSON object. Every getter removes its field; [`finish`]
 /// reports the fields nobody asked for as unknown.
 ///
@@ -333,6 +356,12 @@ impl Fields {
                 let size = serde_json::to_vec(&map).map_or(usize::MAX, |v| v.len());
                 if size > max_bytes {
                     self.err(name, format!("must be at most {max_bytes} bytes of JSON"));
+                    None
+                } else if let Some(path) = unstorable_number(&Value::Object(map.clone()), name) {
+                    self.errors.push(FieldError::new(
+                        format!("{}{path}", self.prefix),
+                        "numbers must be 0 or have a magnitude from 1e-300 to 1e300",
+                    ));
                     None
                 } else {
                     Some(map)

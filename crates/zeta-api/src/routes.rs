@@ -185,8 +185,8 @@ fn valid_account_number(n: &str) -> bool {
     responses(
         (status = 201, description = "The new account.", body = openapi::Account,
             headers(
-                ("Location" = String, description = "`/v1/accounts/{id}` of the new account (absent on an idempotent replay)."),
-                ("ETag" = String, description = "The account's `version` in quotes (absent on an idempotent replay)."),
+                ("Location" = String, description = "`/v1/accounts/{id}` of the new account."),
+                ("ETag" = String, description = "The account's `version` in quotes."),
             ),
             example = json!(openapi::examples::new_account())),
         (status = 403, description = "- `forbidden`: a `viewer` key, or a key limited to accounts"),

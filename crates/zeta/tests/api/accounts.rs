@@ -1215,3 +1215,70 @@ async fn balance_refuses_bad_instants_and_unknown_accounts() {
         .await;
     assert_problem(&r, 404, "not_found");
 }
+
+/// Numbers the databases could not give back unchanged are refused up front; they must never
+/// create an account that then cannot be read.
+#[tokio::test]
+async fn metadata_numbers_must_round_trip() {
+    let app = crate::spawn().await;
+    for bad in [
+        "1.7976931348623157e308",
+        "-1e301",
+        "-0.0",
+        "2e-301",
+        "-5e-310",
+    ] {
+        let body = format!(
+            r#"{{"owner_name":"m","currency":"EUR","metadata":{{"x":{{"y":[1,{bad}]}}}}}}"#
+        );
+        let r = app
+            .req(axum::http::Method::POST, "/v1/accounts")
+            .header("content-type", "application/json")
+            .raw(body)
+            .send()
+            .await;
+        assert_eq!(r.status, 422, "{bad}: {}", r.json);
+        assert_eq!(r.code(), "validation_error");
+        assert_eq!(r.json["errors"][0]["field"], "metadata.x.y.1", "{bad}");
+    }
+    let ok = r#"{"owner_name":"m","currency":"EUR","metadata":{"a":1e300,"b":-2.5e-300,"c":0.1,"d":0,"e":18446744073709551615}}"#;
+    let r = app
+        .req(axum::http::Method::POST, "/v1/accounts")
+        .header("content-type", "application/json")
+        .raw(ok)
+        .send()
+        .await;
+    assert_eq!(r.status, 201, "{}", r.json);
+    let id = r.id();
+    let read = app.get(&format!("/v1/accounts/{id}")).send().await;
+    assert_eq!(read.status, 200, "{}", read.json);
+    assert_eq!(
+        read.json["metadata"], r.json["metadata"],
+        "metadata reads back unchanged"
+    );
+    assert_eq!(read.json["metadata"]["c"], 0.1);
+    // The list that holds it still works.
+    assert_eq!(app.get("/v1/accounts").send().await.status, 200);
+}
+
+#[tokio::test]
+async fn replayed_account_creation_keeps_location_and_etag() {
+    let app = crate::spawn().await;
+    let body = json!({"owner_name": "Replay", "currency": "USD"});
+    let first = app
+        .post("/v1/accounts", body.clone())
+        .idempotency("acct-1")
+        .send()
+        .await;
+    assert_eq!(first.status, 201);
+    let again = app
+        .post("/v1/accounts", body)
+        .idempotency("acct-1")
+        .send()
+        .await;
+    assert_eq!(again.status, 201);
+    assert_eq!(again.body, first.body);
+    assert_eq!(again.header("idempotent-replayed"), Some("true"));
+    assert_eq!(again.header("location"), first.header("location"));
+    assert_eq!(again.header("etag"), Some("\"1\""));
+}
