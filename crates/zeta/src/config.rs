@@ -147,6 +147,14 @@ pub struct ServeSettings {
     #[arg(long, env = "ZETA_RETRY_UNAVAILABLE_ATTEMPTS", default_value_t = 3)]
     pub retry_unavailable_attempts: u32,
 
+    /// Consecutive database failures that open the circuit breaker.
+    #[arg(long, env = "ZETA_BREAKER_FAILURES", default_value_t = 5)]
+    pub breaker_failures: u32,
+
+    /// How long the open breaker refuses requests before letting a probe through, in ms.
+    #[arg(long, env = "ZETA_BREAKER_OPEN_MS", default_value_t = 2000)]
+    pub breaker_open_ms: u64,
+
     /// How long idempotency keys (and batch markers) are kept, in hours (at least 24).
     #[arg(long, env = "ZETA_IDEMPOTENCY_RETENTION_HOURS", default_value_t = 48,
           value_parser = clap::value_parser!(u64).range(24..))]
@@ -172,6 +180,13 @@ impl fmt::Debug for ServeSettings {
 }
 
 impl ServeSettings {
+    pub fn breaker(&self) -> zeta_api::breaker::BreakerSettings {
+        zeta_api::breaker::BreakerSettings {
+            failure_threshold: self.breaker_failures.max(1),
+            open_for: Duration::from_millis(self.breaker_open_ms),
+        }
+    }
+
     pub fn engine(&self) -> EngineSettings {
         EngineSettings {
             writers: self.engine_writers.max(1),

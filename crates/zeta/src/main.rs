@@ -117,7 +117,7 @@ async fn serve(settings: Settings, serve: ServeSettings) -> Result<(), String> {
         store.clone(),
         Duration::from_secs(serve.idempotency_retention_hours * 3600),
     ));
-    let state = AppState::new(store, engine);
+    let state = AppState::with_breaker(store, engine, serve.breaker());
     let listener = TcpListener::bind(serve.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", serve.listen))?;

@@ -20,6 +20,18 @@ fn http(
     extra: &[(&str, &str)],
     body: Option<&Value>,
 ) -> std::io::Result<(u16, Value)> {
+    http_full(addr, method, path, key, extra, body).map(|(status, _, body)| (status, body))
+}
+
+/// Like [`http`], also returning the response head (status line and headers) as text.
+fn http_full(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    key: Option<&str>,
+    extra: &[(&str, &str)],
+    body: Option<&Value>,
+) -> std::io::Result<(u16, String, Value)> {
     let mut stream = TcpStream::connect(addr)?;
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
     let body = body.map(|b| b.to_string()).unwrap_or_default();
@@ -43,8 +55,12 @@ fn http(
         .nth(1)
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| std::io::Error::other(format!("bad response: {text:?}")))?;
-    let body = text.split("\r\n\r\n").nth(1).unwrap_or("");
-    Ok((status, serde_json::from_str(body).unwrap_or(Value::Null)))
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    Ok((
+        status,
+        head.to_ascii_lowercase(),
+        serde_json::from_str(body).unwrap_or(Value::Null),
+    ))
 }
 
 fn free_addr() -> SocketAddr {
@@ -413,5 +429,390 @@ fn sigterm_finishes_in_flight_commands_and_exits_zero() {
     drop(server);
     let (code, report) = verify(&dir, None);
     assert_eq!(code, 0, "{report}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A PostgreSQL cluster of the test's own (initdb in a temp dir, its own port), so it can be
+/// stopped and started without touching the machine's cluster or other tests.
+struct PrivatePg {
+    bin: std::path::PathBuf,
+    dir: std::path::PathBuf,
+    port: u16,
+}
+
+impl PrivatePg {
+    fn run(&self, program: &str, args: &[&str]) -> bool {
+        let path = self.bin.join(program);
+        let as_root = Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+        let mut cmd = if as_root {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(&path);
+            c
+        } else {
+            Command::new(&path)
+        };
+        cmd.args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    fn start() -> Self {
+        let root = std::path::Path::new("/usr/lib/postgresql");
+        let version = std::fs::read_dir(root)
+            .expect("PostgreSQL server binaries under /usr/lib/postgresql are required")
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .max()
+            .expect("a PostgreSQL version directory");
+        let dir = temp_dir("pg");
+        let _ = Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(&dir)
+            .status();
+        let pg = Self {
+            bin: version.join("bin"),
+            port: free_addr().port(),
+            dir,
+        };
+        let data = pg.dir.join("data");
+        assert!(
+            pg.run(
+                "initdb",
+                &[
+                    "-D",
+                    data.to_str().expect("path"),
+                    "-U",
+                    "postgres",
+                    "--auth=trust",
+                    "-E",
+                    "UTF8"
+                ]
+            ),
+            "initdb failed"
+        );
+        pg.start_again();
+        pg
+    }
+
+    fn start_again(&self) {
+        let data = self.dir.join("data");
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+            self.port,
+            self.dir.display()
+        );
+        let log = self.dir.join("log");
+        assert!(
+            self.run(
+                "pg_ctl",
+                &[
+                    "-D",
+                    data.to_str().expect("path"),
+                    "-o",
+                    &options,
+                    "-l",
+                    log.to_str().expect("path"),
+                    "-w",
+                    "start"
+                ]
+            ),
+            "pg_ctl start failed"
+        );
+    }
+
+    fn stop(&self) {
+        let data = self.dir.join("data");
+        assert!(
+            self.run(
+                "pg_ctl",
+                &[
+                    "-D",
+                    data.to_str().expect("path"),
+                    "-m",
+                    "fast",
+                    "-w",
+                    "stop"
+                ]
+            ),
+            "pg_ctl stop failed"
+        );
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+impl Drop for PrivatePg {
+    fn drop(&mut self) {
+        let data = self.dir.join("data");
+        let _ = self.run(
+            "pg_ctl",
+            &[
+                "-D",
+                data.to_str().unwrap_or(""),
+                "-m",
+                "immediate",
+                "-w",
+                "stop",
+            ],
+        );
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Outcome {
+    key: String,
+    status: u16,
+    retry_after: bool,
+    elapsed: Duration,
+    at: Instant,
+}
+
+/// PostgreSQL stops under load: requests turn into fast 503s with Retry-After once the breaker
+/// opens, readiness says 503, nothing is a 500 or hangs; when PostgreSQL returns, everything
+/// recovers by itself, and retrying the refused requests applies each exactly once.
+#[test]
+fn postgres_outage_under_load_fails_fast_and_recovers() {
+    let pg = PrivatePg::start();
+    let dir = temp_dir("outage");
+    let url = pg.url();
+    let key = "outage-key";
+    let env = [
+        ("DATABASE_URL", url.as_str()),
+        ("ZETA_BOOTSTRAP_API_KEY", key),
+        ("ZETA_BREAKER_FAILURES", "3"),
+        ("ZETA_BREAKER_OPEN_MS", "500"),
+        ("ZETA_DB_ACQUIRE_TIMEOUT_MS", "500"),
+        ("ZETA_DB_STATEMENT_TIMEOUT_MS", "2000"),
+    ];
+    let server = Server::start(&dir, &env);
+    let addr = server.addr;
+    let (s, a) = http(
+        addr,
+        "POST",
+        "/v1/accounts",
+        Some(key),
+        &[],
+        Some(&json!({"owner_name": "o", "currency": "USD"})),
+    )
+    .expect("create");
+    assert_eq!(s, 201);
+    let id = a["id"].as_str().expect("id").to_string();
+
+    let outcomes = Arc::new(Mutex::new(Vec::<Outcome>::new()));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut threads = Vec::new();
+    for t in 0..6 {
+        let (outcomes, stop, id) = (outcomes.clone(), stop.clone(), id.clone());
+        threads.push(std::thread::spawn(move || {
+            let mut i = 0;
+            while !stop.load(Ordering::SeqCst) && i < 20_000 {
+                let key_i = format!("c-{t}-{i}");
+                let started = Instant::now();
+                let result = http_full(
+                    addr,
+                    "POST",
+                    &format!("/v1/accounts/{id}/credits"),
+                    Some(key),
+                    &[("Idempotency-Key", &key_i)],
+                    Some(&json!({"amount": 1})),
+                );
+                let (status, head, _) =
+                    result.unwrap_or_else(|e| panic!("request {key_i} failed or hung: {e}"));
+                outcomes.lock().expect("lock").push(Outcome {
+                    key: key_i,
+                    status,
+                    retry_after: head.contains("\r\nretry-after: "),
+                    elapsed: started.elapsed(),
+                    at: Instant::now(),
+                });
+                i += 1;
+                if status == 503 {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+        }));
+    }
+    let wait_for = |what: &str, limit: Duration, check: &dyn Fn(&[Outcome]) -> bool| {
+        let deadline = Instant::now() + limit;
+        while !check(&outcomes.lock().expect("lock")) {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    wait_for("traffic", Duration::from_secs(30), &|o| {
+        o.iter().filter(|x| x.status == 201).count() >= 50
+    });
+
+    pg.stop();
+    let stopped = Instant::now();
+    wait_for("503s", Duration::from_secs(30), &|o| {
+        o.iter()
+            .filter(|x| x.at > stopped && x.status == 503)
+            .count()
+            >= 300
+    });
+    let (ready, _) = http(addr, "GET", "/health/ready", None, &[], None).expect("ready");
+    assert_eq!(ready, 503, "readiness reports the outage");
+
+    pg.start_again();
+    let restarted = Instant::now();
+    wait_for("recovery", Duration::from_secs(60), &|o| {
+        o.iter()
+            .filter(|x| x.at > restarted && x.status == 201)
+            .count()
+            >= 20
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while http(addr, "GET", "/health/ready", None, &[], None)
+        .map(|r| r.0)
+        .unwrap_or(0)
+        != 200
+    {
+        assert!(Instant::now() < deadline, "readiness never recovered");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    stop.store(true, Ordering::SeqCst);
+    for t in threads {
+        t.join().expect("client");
+    }
+
+    let all = outcomes.lock().expect("lock").clone();
+    let unexpected: Vec<_> = all
+        .iter()
+        .filter(|o| o.status != 201 && o.status != 503)
+        .collect();
+    assert!(
+        unexpected.is_empty(),
+        "only 201 and 503, never a 500: {unexpected:?}"
+    );
+    assert!(
+        all.iter()
+            .filter(|o| o.status == 503)
+            .all(|o| o.retry_after),
+        "every 503 has Retry-After"
+    );
+    // Once the breaker is open, refusals are immediate: the outage's 503s are mostly fast ones.
+    let mut fast: Vec<Duration> = all
+        .iter()
+        .filter(|o| o.status == 503 && o.at > stopped && o.at < restarted)
+        .map(|o| o.elapsed)
+        .collect();
+    fast.sort();
+    assert!(!fast.is_empty(), "503s while the breaker was open");
+    let median = fast[fast.len() / 2];
+    assert!(
+        median < Duration::from_millis(100),
+        "open breaker answers in well under 100 ms: median {median:?}"
+    );
+
+    // Retrying every refused request applies each exactly once.
+    for o in all.iter().filter(|o| o.status == 503) {
+        let (status, body) = http(
+            addr,
+            "POST",
+            &format!("/v1/accounts/{id}/credits"),
+            Some(key),
+            &[("Idempotency-Key", &o.key)],
+            Some(&json!({"amount": 1})),
+        )
+        .expect("retry");
+        assert_eq!(status, 201, "{body}");
+    }
+    let (_, account) = http(
+        addr,
+        "GET",
+        &format!("/v1/accounts/{id}"),
+        Some(key),
+        &[],
+        None,
+    )
+    .expect("get");
+    assert_eq!(
+        account["balance"].as_i64(),
+        Some(all.len() as i64),
+        "each request applied exactly once"
+    );
+    drop(server);
+    let (code, report) = verify(&dir, Some(&url));
+    assert_eq!(code, 0, "{report}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// JSON log lines carry the request id, method, route template, status and latency; one line
+/// per money command outcome; secrets never appear.
+#[test]
+fn logs_are_json_lines_with_the_request_id_and_no_secrets() {
+    let dir = temp_dir("logs");
+    let key = "log-test-secret-key";
+    let mut server = Server::start(
+        &dir,
+        &[
+            ("ZETA_BOOTSTRAP_API_KEY", key),
+            ("RUST_LOG", "info"),
+            ("ZETA_LOG_FORMAT", "json"),
+        ],
+    );
+    let addr = server.addr;
+    let (s, account) = http(
+        addr,
+        "POST",
+        "/v1/accounts",
+        Some(key),
+        &[("X-Request-Id", "trace-me-42")],
+        Some(&json!({"owner_name": "L", "currency": "USD"})),
+    )
+    .expect("create");
+    assert_eq!(s, 201);
+    let id = account["id"].as_str().expect("id");
+    let (s, _) = http(
+        addr,
+        "POST",
+        &format!("/v1/accounts/{id}/debits"),
+        Some(key),
+        &[("X-Request-Id", "trace-me-43")],
+        Some(&json!({"amount": 5})),
+    )
+    .expect("debit");
+    assert_eq!(s, 422);
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(server.child.id().to_string())
+        .status();
+    assert!(server.child.wait().expect("wait").success());
+    let logs = server.stderr();
+    assert!(!logs.contains(key), "the API key never appears in logs");
+    let lines: Vec<Value> = logs
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}")))
+        .collect();
+    let finished = lines
+        .iter()
+        .find(|l| {
+            l["fields"]["message"] == "request finished" && l["span"]["request_id"] == "trace-me-42"
+        })
+        .unwrap_or_else(|| panic!("no request line for trace-me-42 in {logs}"));
+    assert_eq!(finished["fields"]["status"], 201);
+    assert_eq!(finished["span"]["method"], "POST");
+    assert_eq!(finished["span"]["route"], "/v1/accounts");
+    assert!(finished["fields"]["latency_ms"].as_f64().is_some());
+    let refused = lines
+        .iter()
+        .find(|l| {
+            l["fields"]["message"] == "command refused" && l["span"]["request_id"] == "trace-me-43"
+        })
+        .unwrap_or_else(|| panic!("no outcome line for trace-me-43 in {logs}"));
+    assert!(
+        refused["fields"]["refused"]
+            .as_str()
+            .is_some_and(|r| r.contains("available balance 0"))
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
