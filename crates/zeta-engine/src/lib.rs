@@ -9,6 +9,7 @@
 //! with capped, jittered exponential backoff; a batch that hits any other error is split and its
 //! commands retried one by one, so one bad command cannot fail its neighbours.
 
+use std::collections::VecDeque;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -26,6 +27,9 @@ pub struct EngineSettings {
     pub writers: usize,
     /// Most commands applied in one database transaction.
     pub max_batch: usize,
+    /// Most work (transfers, counting each item of a batch request) in one database transaction;
+    /// a single command heavier than this still runs, alone.
+    pub max_batch_weight: usize,
     /// Commands that may wait per writer before submitters wait for room.
     pub queue_capacity: usize,
     pub retry: RetryPolicy,
@@ -36,6 +40,7 @@ impl Default for EngineSettings {
         Self {
             writers: 2,
             max_batch: 512,
+            max_batch_weight: 2048,
             queue_capacity: 8192,
             retry: RetryPolicy::default(),
         }
@@ -223,27 +228,56 @@ struct Writer {
 
 impl Writer {
     async fn run(self, mut rx: mpsc::Receiver<Job>) {
-        let mut jobs = Vec::with_capacity(self.settings.max_batch);
-        while rx.recv_many(&mut jobs, self.settings.max_batch).await > 0 {
-            match self.execute(&jobs).await {
-                Ok(replies) => answer(&mut jobs, replies),
-                Err(EngineError::Internal(e)) if jobs.len() > 1 => {
-                    tracing::warn!(error = %e, size = jobs.len(), "batch failed; retrying its commands one by one");
-                    for job in jobs.drain(..) {
-                        let result = self
-                            .execute(std::slice::from_ref(&job))
-                            .await
-                            .map(|mut r| r.remove(0));
-                        let _ = job.reply.send(result);
-                    }
-                }
-                Err(e) => {
-                    for job in jobs.drain(..) {
-                        let _ = job.reply.send(Err(e.clone()));
-                    }
+        let mut pending: VecDeque<Job> = VecDeque::new();
+        loop {
+            if pending.is_empty() {
+                match rx.recv().await {
+                    Some(job) => pending.push_back(job),
+                    // Closed and drained: every queued command has been answered.
+                    None => return,
                 }
             }
-            jobs.clear();
+            while pending.len() < self.settings.max_batch {
+                match rx.try_recv() {
+                    Ok(job) => pending.push_back(job),
+                    Err(_) => break,
+                }
+            }
+            let mut jobs = Vec::new();
+            let mut weight = 0;
+            while let Some(job) = pending.front() {
+                let w = job.envelope.command.weight();
+                if !jobs.is_empty()
+                    && (jobs.len() >= self.settings.max_batch
+                        || weight + w > self.settings.max_batch_weight)
+                {
+                    break;
+                }
+                weight += w;
+                jobs.extend(pending.pop_front());
+            }
+            self.run_batch(jobs).await;
+        }
+    }
+
+    async fn run_batch(&self, mut jobs: Vec<Job>) {
+        match self.execute(&jobs).await {
+            Ok(replies) => answer(&mut jobs, replies),
+            Err(EngineError::Internal(e)) if jobs.len() > 1 => {
+                tracing::warn!(error = %e, size = jobs.len(), "batch failed; retrying its commands one by one");
+                for job in jobs.drain(..) {
+                    let result = self
+                        .execute(std::slice::from_ref(&job))
+                        .await
+                        .map(|mut r| r.remove(0));
+                    let _ = job.reply.send(result);
+                }
+            }
+            Err(e) => {
+                for job in jobs.drain(..) {
+                    let _ = job.reply.send(Err(e.clone()));
+                }
+            }
         }
     }
 

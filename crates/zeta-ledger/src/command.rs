@@ -150,13 +150,18 @@ impl Command {
             | Command::ReverseTransaction { transaction_id, .. } => *transaction_id,
             Command::ReverseTransfer { transfer_id, .. } => *transfer_id,
             Command::Transfer(spec) => spec.from_account_id.min(spec.to_account_id),
-            Command::TransferBatch { items, .. } => items
-                .iter()
-                .find_map(|item| match item {
-                    BatchItem::Valid(spec) => Some(spec.from_account_id.min(spec.to_account_id)),
-                    BatchItem::Invalid => None,
-                })
-                .unwrap_or_default(),
+            // A batch touches accounts everywhere: all batches share one writer (the nil key),
+            // so they never conflict with each other.
+            Command::TransferBatch { .. } => Uuid::nil(),
+        }
+    }
+
+    /// How much work the command is, for sizing a database transaction: transfers in a batch,
+    /// else 1.
+    pub fn weight(&self) -> usize {
+        match self {
+            Command::TransferBatch { items, .. } => items.len().max(1),
+            _ => 1,
         }
     }
 }

@@ -128,12 +128,16 @@ pub struct ServeSettings {
 
     /// Ledger writer tasks (commands on one account always go to the same writer). SQLite
     /// always uses one: it has one writer at a time.
-    #[arg(long, env = "ZETA_ENGINE_WRITERS", default_value_t = 2)]
+    #[arg(long, env = "ZETA_ENGINE_WRITERS", default_value_t = 1)]
     pub engine_writers: usize,
 
     /// Most commands committed in one database transaction.
     #[arg(long, env = "ZETA_ENGINE_MAX_BATCH", default_value_t = 512)]
     pub engine_max_batch: usize,
+
+    /// Most transfers (counting each item of a batch request) in one database transaction.
+    #[arg(long, env = "ZETA_ENGINE_MAX_BATCH_WEIGHT", default_value_t = 2048)]
+    pub engine_max_batch_weight: usize,
 
     /// Commands that may queue per writer before submitters wait.
     #[arg(long, env = "ZETA_ENGINE_QUEUE", default_value_t = 8192)]
@@ -191,6 +195,7 @@ impl ServeSettings {
         EngineSettings {
             writers: self.engine_writers.max(1),
             max_batch: self.engine_max_batch.max(1),
+            max_batch_weight: self.engine_max_batch_weight.max(1),
             queue_capacity: self.engine_queue.max(1),
             retry: RetryPolicy {
                 max_attempts: self.retry_max_attempts.max(1),
