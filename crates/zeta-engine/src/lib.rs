@@ -38,7 +38,7 @@ pub struct EngineSettings {
 impl Default for EngineSettings {
     fn default() -> Self {
         Self {
-            writers: 2,
+            writers: 1,
             max_batch: 512,
             max_batch_weight: 2048,
             queue_capacity: 8192,

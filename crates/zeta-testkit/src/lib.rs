@@ -201,7 +201,12 @@ impl TestApp {
 
     pub async fn spawn_on(backend: Backend) -> Self {
         let settings = match backend {
-            Backend::Postgres => EngineSettings::default(),
+            // Two writers: harder than the production default of one, because their
+            // transactions conflict on shared accounts and must be retried.
+            Backend::Postgres => EngineSettings {
+                writers: 2,
+                ..EngineSettings::default()
+            },
             Backend::Sqlite => EngineSettings {
                 writers: 1,
                 ..EngineSettings::default()
