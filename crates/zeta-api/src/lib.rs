@@ -7,6 +7,7 @@ mod command;
 pub mod error;
 pub mod json;
 pub mod openapi;
+pub mod ratelimit;
 pub mod request;
 mod routes;
 pub mod telemetry;
@@ -25,6 +26,7 @@ use zeta_engine::{Engine, EngineError};
 use zeta_store::{Store, StoreError};
 
 use crate::breaker::{BreakerSettings, CircuitBreaker};
+use crate::ratelimit::{Limiter, RateLimitSettings};
 pub use error::ApiError;
 pub use routes::{V1_ROUTES, V1Route};
 
@@ -34,6 +36,7 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     pub engine: Arc<Engine>,
     pub breaker: Arc<CircuitBreaker>,
+    pub limiter: Arc<Limiter>,
     in_flight: Arc<Mutex<HashSet<(Uuid, String)>>>,
     shutting_down: Arc<AtomicBool>,
 }
@@ -53,9 +56,16 @@ impl AppState {
             store,
             engine,
             breaker: Arc::new(CircuitBreaker::new(breaker)),
+            limiter: Arc::new(Limiter::new(RateLimitSettings::default())),
             in_flight: Arc::default(),
             shutting_down: Arc::default(),
         }
+    }
+
+    /// Replaces the rate limits (`RateLimitSettings::default()` otherwise).
+    pub fn with_rate_limit(mut self, settings: RateLimitSettings) -> Self {
+        self.limiter = Arc::new(Limiter::new(settings));
+        self
     }
 
     pub fn begin_shutdown(&self) {
@@ -148,12 +158,15 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let app = router(state.clone());
     let flag = state.clone();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            flag.begin_shutdown();
-        })
-        .await?;
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        shutdown.await;
+        flag.begin_shutdown();
+    })
+    .await?;
     state.engine.shutdown().await;
     Ok(())
 }

@@ -2,7 +2,7 @@
 //! API.md (400/413/415, then 401, then 422).
 
 use axum::body::{Body, to_bytes};
-use axum::extract::{FromRequest, FromRequestParts, MatchedPath, Request};
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, MatchedPath, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
@@ -15,8 +15,24 @@ use crate::AppState;
 use crate::auth::{Caller, hash_secret};
 use crate::error::{ApiError, FieldError, PendingProblem};
 use crate::json;
+use crate::ratelimit::{Bucket, RateInfo};
 
 pub const REQUEST_ID: &str = "x-request-id";
+
+/// Where the `/v1` extractors leave the state of the rate-limit bucket they charged, for the
+/// `RateLimit-*` headers.
+#[derive(Clone, Default)]
+pub struct RateSlot(std::sync::Arc<std::sync::Mutex<Option<RateInfo>>>);
+
+impl RateSlot {
+    fn set(&self, info: RateInfo) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(info);
+    }
+
+    fn take(&self) -> Option<RateInfo> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
 
 /// The id of the current request (client-sent when valid, else generated).
 #[derive(Clone, Debug)]
@@ -57,6 +73,8 @@ pub async fn context(mut req: Request, next: Next) -> Response {
     let instance = req.uri().path().to_string();
     let method = req.method().clone();
     req.extensions_mut().insert(RequestId(request_id.clone()));
+    let slot = RateSlot::default();
+    req.extensions_mut().insert(slot.clone());
     let span = tracing::info_span!(
         "request",
         request_id = %request_id,
@@ -67,6 +85,12 @@ pub async fn context(mut req: Request, next: Next) -> Response {
     finish_problem(&mut response, &request_id, &instance);
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert(REQUEST_ID, v);
+    }
+    if let Some(info) = slot.take() {
+        let headers = response.headers_mut();
+        headers.insert("ratelimit-limit", HeaderValue::from(info.limit));
+        headers.insert("ratelimit-remaining", HeaderValue::from(info.remaining));
+        headers.insert("ratelimit-reset", HeaderValue::from(info.reset_secs));
     }
     let route = response
         .extensions()
@@ -147,6 +171,39 @@ pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Calle
     Caller::from_record(&record).ok_or(ApiError::Unauthorized)
 }
 
+/// Authenticates and charges the rate limit, in API.md's order: a 429 (the key's bucket, or the
+/// client address's when there is no valid key) ranks before a 401.
+async fn admit(state: &AppState, parts: &Parts) -> Result<Caller, ApiError> {
+    let caller = match authenticate(state, &parts.headers).await {
+        Ok(caller) => Ok(caller),
+        Err(ApiError::Unauthorized) => Err(ApiError::Unauthorized),
+        Err(other) => return Err(other),
+    };
+    let bucket = match &caller {
+        Ok(c) => Bucket::Key(c.key_id),
+        Err(_) => parts
+            .extensions
+            .get::<ConnectInfo<std::net::SocketAddr>>()
+            .map_or(Bucket::Unknown, |c| Bucket::Address(c.0.ip())),
+    };
+    let slot = parts.extensions.get::<RateSlot>();
+    match state.limiter.check(&bucket) {
+        Ok(info) => {
+            if let Some(slot) = slot {
+                slot.set(info);
+            }
+            caller
+        }
+        Err((info, retry_after_secs)) => {
+            if let Some(slot) = slot {
+                slot.set(info);
+            }
+            crate::telemetry::rate_limited();
+            Err(ApiError::RateLimited { retry_after_secs })
+        }
+    }
+}
+
 /// What every `/v1` handler knows about its request.
 #[derive(Clone, Debug)]
 pub struct Ctx {
@@ -177,7 +234,7 @@ impl FromRequestParts<AppState> for Authed {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let caller = authenticate(state, &parts.headers).await?;
+        let caller = admit(state, parts).await?;
         Ok(Authed(context_parts(parts, caller, None)))
     }
 }
@@ -286,7 +343,7 @@ impl<const LIMIT: usize, const OPTIONAL: bool> FromRequest<AppState>
             // A malformed precondition is a request error: it ranks before authentication.
             if_match(&parts.headers)?;
         }
-        let caller = authenticate(state, &parts.headers).await?;
+        let caller = admit(state, &parts).await?;
         let (body, problems): (Option<Value>, Vec<FieldError>) = match parsed {
             Some((v, p)) => (Some(v), p),
             None => (None, Vec::new()),

@@ -87,3 +87,7 @@ pub fn set_pool(open: u32, idle: u32) {
 pub fn set_breaker(state: u8) {
     gauge!("circuit_breaker_state").set(f64::from(state));
 }
+
+pub fn rate_limited() {
+    counter!("rate_limited_total").increment(1);
+}

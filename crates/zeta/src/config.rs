@@ -151,6 +151,15 @@ pub struct ServeSettings {
     #[arg(long, env = "ZETA_RETRY_UNAVAILABLE_ATTEMPTS", default_value_t = 3)]
     pub retry_unavailable_attempts: u32,
 
+    /// Rate limit: tokens added per second to each API key's bucket (per client address for
+    /// requests without a valid key). Buckets are per instance.
+    #[arg(long, env = "ZETA_RATE_LIMIT_RPS", default_value_t = 1000)]
+    pub rate_limit_rps: u32,
+
+    /// Rate limit: bucket size (the burst).
+    #[arg(long, env = "ZETA_RATE_LIMIT_BURST", default_value_t = 2000)]
+    pub rate_limit_burst: u32,
+
     /// Consecutive database failures that open the circuit breaker.
     #[arg(long, env = "ZETA_BREAKER_FAILURES", default_value_t = 5)]
     pub breaker_failures: u32,
@@ -184,6 +193,13 @@ impl fmt::Debug for ServeSettings {
 }
 
 impl ServeSettings {
+    pub fn rate_limit(&self) -> zeta_api::ratelimit::RateLimitSettings {
+        zeta_api::ratelimit::RateLimitSettings {
+            rps: self.rate_limit_rps.max(1),
+            burst: self.rate_limit_burst.max(1),
+        }
+    }
+
     pub fn breaker(&self) -> zeta_api::breaker::BreakerSettings {
         zeta_api::breaker::BreakerSettings {
             failure_threshold: self.breaker_failures.max(1),

@@ -591,6 +591,9 @@ fn postgres_outage_under_load_fails_fast_and_recovers() {
         ("ZETA_BREAKER_OPEN_MS", "500"),
         ("ZETA_DB_ACQUIRE_TIMEOUT_MS", "500"),
         ("ZETA_DB_STATEMENT_TIMEOUT_MS", "2000"),
+        // This test measures the breaker, not the rate limiter.
+        ("ZETA_RATE_LIMIT_RPS", "1000000"),
+        ("ZETA_RATE_LIMIT_BURST", "1000000"),
     ];
     let server = Server::start(&dir, &env);
     let addr = server.addr;

@@ -60,3 +60,64 @@ async fn metrics_carry_the_named_series_by_route_template() {
     assert!(!text.contains(&id), "never by raw path");
     assert!(text.contains(r#"status="201""#));
 }
+
+/// A token bucket per API key: `RateLimit-*` on every `/v1` response, 429 with `Retry-After`
+/// past the burst, other keys unaffected, operational routes never limited.
+#[tokio::test]
+async fn rate_limit_per_key_with_headers() {
+    let app = crate::spawn().await;
+    let state = app
+        .state
+        .clone()
+        .with_rate_limit(zeta_api::ratelimit::RateLimitSettings { rps: 1, burst: 3 });
+    let router = zeta_api::router(state);
+    let mut remaining = Vec::new();
+    for _ in 0..3 {
+        let r = app.get("/v1/accounts").send_to(&router).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("ratelimit-limit"), Some("3"));
+        remaining.push(r.header("ratelimit-remaining").map(str::to_string));
+        assert!(
+            r.header("ratelimit-reset")
+                .is_some_and(|v| v.parse::<u64>().is_ok())
+        );
+    }
+    assert_eq!(
+        remaining,
+        vec![Some("2".into()), Some("1".into()), Some("0".into())]
+    );
+    let limited = app.get("/v1/accounts").send_to(&router).await;
+    assert_eq!(limited.status, 429);
+    assert_eq!(limited.code(), "rate_limited");
+    assert_eq!(limited.header("retry-after"), Some("1"));
+    assert_eq!(limited.header("ratelimit-remaining"), Some("0"));
+    assert_eq!(limited.header("ratelimit-reset"), Some("3"));
+    // 429 ranks before 401: a missing key spends the client address's bucket, not this key's.
+    let other = app.key("viewer", None).await;
+    let r = app.get("/v1/accounts").key(&other).send_to(&router).await;
+    assert_eq!(r.status, 200, "another key has its own bucket");
+    for _ in 0..5 {
+        let r = app
+            .req(Method::GET, "/health/live")
+            .no_auth()
+            .send_to(&router)
+            .await;
+        assert_eq!(r.status, 200);
+        assert_eq!(
+            r.header("ratelimit-limit"),
+            None,
+            "operational routes are not limited"
+        );
+    }
+    let m = app
+        .req(Method::GET, "/metrics")
+        .no_auth()
+        .send_to(&router)
+        .await;
+    let text = String::from_utf8(m.body).expect("utf8");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("rate_limited_total ") && l != "rate_limited_total 0"),
+        "rate_limited_total counted:\n{text}"
+    );
+}
