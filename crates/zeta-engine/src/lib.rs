@@ -9,7 +9,7 @@
 //! with capped, jittered exponential backoff; a batch that hits any other error is split and its
 //! commands retried one by one, so one bad command cannot fail its neighbours.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -32,6 +32,11 @@ pub struct EngineSettings {
     pub max_batch_weight: usize,
     /// Commands that may wait per writer before submitters wait for room.
     pub queue_capacity: usize,
+    /// Transactions one writer may have in flight at once. A batch starts while earlier ones
+    /// are still committing only when it touches none of their accounts (and refers to no
+    /// transaction or transfer by id), so commands on one account still run in order and never
+    /// conflict with each other.
+    pub pipeline: usize,
     pub retry: RetryPolicy,
 }
 
@@ -42,6 +47,7 @@ impl Default for EngineSettings {
             max_batch: 512,
             max_batch_weight: 2048,
             queue_capacity: 8192,
+            pipeline: 1,
             retry: RetryPolicy::default(),
         }
     }
@@ -171,7 +177,7 @@ impl Engine {
                 settings: settings.clone(),
                 observer: observer.clone(),
             };
-            writers.push(tokio::spawn(writer.run(rx)));
+            writers.push(tokio::spawn(Arc::new(writer).run(rx)));
         }
         Self {
             senders: RwLock::new(senders),
@@ -227,36 +233,78 @@ struct Writer {
 }
 
 impl Writer {
-    async fn run(self, mut rx: mpsc::Receiver<Job>) {
+    async fn run(self: Arc<Self>, mut rx: mpsc::Receiver<Job>) {
         let mut pending: VecDeque<Job> = VecDeque::new();
+        // Batches still running: their task and the accounts they touch (None: unknown).
+        let mut in_flight: VecDeque<(JoinHandle<()>, Option<HashSet<Uuid>>)> = VecDeque::new();
+        let depth = self.settings.pipeline.max(1);
         loop {
             if pending.is_empty() {
                 match rx.recv().await {
                     Some(job) => pending.push_back(job),
-                    // Closed and drained: every queued command has been answered.
-                    None => return,
+                    // Closed and drained: wait for the running batches, then stop.
+                    None => {
+                        for (task, _) in in_flight {
+                            let _ = task.await;
+                        }
+                        return;
+                    }
                 }
             }
-            while pending.len() < self.settings.max_batch {
-                match rx.try_recv() {
-                    Ok(job) => pending.push_back(job),
-                    Err(_) => break,
+            // Group commit: a batch takes everything queued by the time it can start, so first
+            // wait for room in the pipeline.
+            in_flight.retain(|(task, _)| !task.is_finished());
+            while in_flight.len() >= depth {
+                if let Some((task, _)) = in_flight.pop_front() {
+                    let _ = task.await;
                 }
             }
             let mut jobs = Vec::new();
             let mut weight = 0;
-            while let Some(job) = pending.front() {
-                let w = job.envelope.command.weight();
-                if !jobs.is_empty()
-                    && (jobs.len() >= self.settings.max_batch
-                        || weight + w > self.settings.max_batch_weight)
-                {
-                    break;
+            self.fill(&mut rx, &mut pending, &mut jobs, &mut weight);
+            let mut accounts = touched_accounts(&jobs);
+            let overlaps = in_flight.iter().any(
+                |(_, other)| !matches!((&accounts, other), (Some(a), Some(b)) if a.is_disjoint(b)),
+            );
+            if overlaps {
+                // It must follow the running batches: wait for them, then take what queued
+                // meanwhile too.
+                for (task, _) in in_flight.drain(..) {
+                    let _ = task.await;
                 }
-                weight += w;
-                jobs.extend(pending.pop_front());
+                self.fill(&mut rx, &mut pending, &mut jobs, &mut weight);
+                accounts = touched_accounts(&jobs);
             }
-            self.run_batch(jobs).await;
+            let writer = self.clone();
+            let task = tokio::spawn(async move { writer.run_batch(jobs).await });
+            in_flight.push_back((task, accounts));
+        }
+    }
+
+    /// Moves queued jobs into `jobs` up to the batch limits.
+    fn fill(
+        &self,
+        rx: &mut mpsc::Receiver<Job>,
+        pending: &mut VecDeque<Job>,
+        jobs: &mut Vec<Job>,
+        weight: &mut usize,
+    ) {
+        while pending.len() < self.settings.max_batch {
+            match rx.try_recv() {
+                Ok(job) => pending.push_back(job),
+                Err(_) => break,
+            }
+        }
+        while let Some(job) = pending.front() {
+            let w = job.envelope.command.weight();
+            if !jobs.is_empty()
+                && (jobs.len() >= self.settings.max_batch
+                    || *weight + w > self.settings.max_batch_weight)
+            {
+                break;
+            }
+            *weight += w;
+            jobs.extend(pending.pop_front());
         }
     }
 
@@ -361,6 +409,23 @@ impl From<StoreError> for BatchFailure {
             in_doubt: None,
         }
     }
+}
+
+/// The accounts a batch names; `None` when it refers to rows by id (whose accounts are only
+/// known inside the transaction), so it must not overlap anything.
+fn touched_accounts(jobs: &[Job]) -> Option<HashSet<Uuid>> {
+    let mut ids = Vec::new();
+    for job in jobs {
+        let command = &job.envelope.command;
+        if command.transaction_ref().is_some() || command.transfer_ref().is_some() {
+            return None;
+        }
+        if let Command::CreateAccount(new) = command {
+            ids.push(new.id);
+        }
+        command.account_ids(&mut ids);
+    }
+    Some(ids.into_iter().collect())
 }
 
 fn answer(jobs: &mut Vec<Job>, replies: Vec<Reply>) {

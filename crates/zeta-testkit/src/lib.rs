@@ -201,14 +201,17 @@ impl TestApp {
 
     pub async fn spawn_on(backend: Backend) -> Self {
         let settings = match backend {
-            // Two writers: harder than the production default of one, because their
-            // transactions conflict on shared accounts and must be retried.
+            // Two writers with two transactions in flight each: harder than the production
+            // default of one, because their transactions overlap and conflict on shared
+            // accounts and must be retried or ordered.
             Backend::Postgres => EngineSettings {
                 writers: 2,
+                pipeline: 2,
                 ..EngineSettings::default()
             },
             Backend::Sqlite => EngineSettings {
                 writers: 1,
+                pipeline: 1,
                 ..EngineSettings::default()
             },
         };

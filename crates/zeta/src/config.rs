@@ -139,6 +139,11 @@ pub struct ServeSettings {
     #[arg(long, env = "ZETA_ENGINE_MAX_BATCH_WEIGHT", default_value_t = 2048)]
     pub engine_max_batch_weight: usize,
 
+    /// Transactions one writer may have in flight at once (a batch overlaps earlier ones only
+    /// when it touches none of their accounts).
+    #[arg(long, env = "ZETA_ENGINE_PIPELINE", default_value_t = 1)]
+    pub engine_pipeline: usize,
+
     /// Commands that may queue per writer before submitters wait.
     #[arg(long, env = "ZETA_ENGINE_QUEUE", default_value_t = 8192)]
     pub engine_queue: usize,
@@ -213,6 +218,7 @@ impl ServeSettings {
             max_batch: self.engine_max_batch.max(1),
             max_batch_weight: self.engine_max_batch_weight.max(1),
             queue_capacity: self.engine_queue.max(1),
+            pipeline: self.engine_pipeline.max(1),
             retry: RetryPolicy {
                 max_attempts: self.retry_max_attempts.max(1),
                 max_unavailable_attempts: self.retry_unavailable_attempts.max(1),

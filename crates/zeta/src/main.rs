@@ -106,7 +106,9 @@ async fn serve(settings: Settings, serve: ServeSettings) -> Result<(), String> {
     }
     let mut engine_settings = serve.engine();
     if backend == zeta::Backend::Sqlite {
+        // One writer at a time is all SQLite has.
         engine_settings.writers = 1;
+        engine_settings.pipeline = 1;
     }
     let engine = Arc::new(Engine::start_observed(
         store.clone(),
