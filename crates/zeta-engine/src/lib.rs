@@ -238,6 +238,7 @@ impl Writer {
         // Batches still running: their task and the accounts they touch (None: unknown).
         let mut in_flight: VecDeque<(JoinHandle<()>, Option<HashSet<Uuid>>)> = VecDeque::new();
         let depth = self.settings.pipeline.max(1);
+        let mut last_size = 0;
         loop {
             if pending.is_empty() {
                 match rx.recv().await {
@@ -266,7 +267,10 @@ impl Writer {
             let overlaps = in_flight.iter().any(
                 |(_, other)| !matches!((&accounts, other), (Some(a), Some(b)) if a.is_disjoint(b)),
             );
-            if overlaps {
+            // Overlapping a running batch pays only when this one is not much smaller: two
+            // commits then share the WAL flush instead of doubling the transactions.
+            let too_small = !in_flight.is_empty() && jobs.len() * 2 < last_size;
+            if overlaps || too_small {
                 // It must follow the running batches: wait for them, then take what queued
                 // meanwhile too.
                 for (task, _) in in_flight.drain(..) {
@@ -275,6 +279,7 @@ impl Writer {
                 self.fill(&mut rx, &mut pending, &mut jobs, &mut weight);
                 accounts = touched_accounts(&jobs);
             }
+            last_size = jobs.len();
             let writer = self.clone();
             let task = tokio::spawn(async move { writer.run_batch(jobs).await });
             in_flight.push_back((task, accounts));
