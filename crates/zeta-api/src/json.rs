@@ -357,7 +357,10 @@ impl Fields {
                 if size > max_bytes {
                     self.err(name, format!("must be at most {max_bytes} bytes of JSON"));
                     None
-                } else if let Some(path) = unstorable_number(&Value::Object(map.clone()), name) {
+                } else if let Some(path) = map
+                    .iter()
+                    .find_map(|(k, v)| unstorable_number(v, &format!("{name}.{k}")))
+                {
                     self.errors.push(FieldError::new(
                         format!("{}{path}", self.prefix),
                         "numbers must be 0 or have a magnitude from 1e-300 to 1e300",

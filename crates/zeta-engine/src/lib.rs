@@ -263,7 +263,9 @@ impl Writer {
             let mut jobs = Vec::new();
             let mut weight = 0;
             self.fill(&mut rx, &mut pending, &mut jobs, &mut weight);
-            let mut accounts = touched_accounts(&jobs);
+            // Account sets only matter when batches can overlap (pipeline > 1).
+            let sets = depth > 1;
+            let mut accounts = if sets { touched_accounts(&jobs) } else { None };
             let overlaps = in_flight.iter().any(
                 |(_, other)| !matches!((&accounts, other), (Some(a), Some(b)) if a.is_disjoint(b)),
             );
@@ -277,7 +279,7 @@ impl Writer {
                     let _ = task.await;
                 }
                 self.fill(&mut rx, &mut pending, &mut jobs, &mut weight);
-                accounts = touched_accounts(&jobs);
+                accounts = if sets { touched_accounts(&jobs) } else { None };
             }
             last_size = jobs.len();
             let writer = self.clone();

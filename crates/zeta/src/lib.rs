@@ -57,6 +57,17 @@ pub async fn open_store(settings: &Settings) -> Result<(Arc<dyn Store>, Backend)
     }
 }
 
+fn new_key(name: &str, role: &str, account_ids: Option<Vec<Uuid>>) -> ApiKeyRecord {
+    ApiKeyRecord {
+        id: Uuid::now_v7(),
+        name: name.to_string(),
+        role: role.to_string(),
+        account_ids,
+        created_at: zeta_ledger::now_micros(),
+        revoked_at: None,
+    }
+}
+
 /// Creates an API key and returns its secret (shown once).
 pub async fn create_api_key(
     store: &dyn Store,
@@ -65,14 +76,7 @@ pub async fn create_api_key(
     account_ids: Option<Vec<Uuid>>,
 ) -> Result<String, StoreError> {
     let secret = generate_secret();
-    let record = ApiKeyRecord {
-        id: Uuid::now_v7(),
-        name: name.to_string(),
-        role: role.to_string(),
-        account_ids,
-        created_at: zeta_ledger::now_micros(),
-        revoked_at: None,
-    };
+    let record = new_key(name, role, account_ids);
     store
         .insert_api_key(&record, &hash_secret(&secret), false)
         .await?;
@@ -85,14 +89,7 @@ pub async fn bootstrap_keys(
     store: &dyn Store,
     bootstrap: Option<&str>,
 ) -> Result<Option<String>, StoreError> {
-    let record = ApiKeyRecord {
-        id: Uuid::now_v7(),
-        name: "bootstrap".into(),
-        role: "admin".into(),
-        account_ids: None,
-        created_at: OffsetDateTime::now_utc(),
-        revoked_at: None,
-    };
+    let record = new_key("bootstrap", "admin", None);
     match bootstrap {
         Some(secret) => {
             store
