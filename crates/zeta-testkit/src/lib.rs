@@ -169,6 +169,17 @@ impl TestResponse {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
 
+    /// Asserts that the body shows nothing internal: no SQL, driver, panic or database name.
+    #[track_caller]
+    pub fn assert_no_leak(&self) {
+        let body = String::from_utf8_lossy(&self.body);
+        let lower = body.to_lowercase();
+        assert!(!body.contains("SELECT"), "SQL leaked: {body}");
+        for word in ["sqlx", "panicked", "postgres"] {
+            assert!(!lower.contains(word), "{word} leaked: {body}");
+        }
+    }
+
     /// The problem `code`, for error responses.
     pub fn code(&self) -> &str {
         self.json["code"].as_str().unwrap_or("")
