@@ -6,7 +6,8 @@ use std::sync::Arc;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
-use zeta_ledger::Scope;
+use zeta_engine::{Engine, EngineError, Reply};
+use zeta_ledger::{ApiKey, Command, Effect, Envelope, LedgerError, NewApiKey, Scope};
 use zeta_store::ApiKeyRecord;
 
 use crate::error::ApiError;
@@ -87,4 +88,63 @@ pub fn generate_secret() -> String {
     let mut bytes = [0_u8; 32];
     rand::rng().fill_bytes(&mut bytes);
     format!("zeta_{}", hex::encode(bytes))
+}
+
+/// What [`create_key`] did.
+#[derive(Debug)]
+pub enum KeyCreation {
+    Created {
+        key: ApiKey,
+        secret: String,
+    },
+    /// A live key already has this secret: nothing changed.
+    Exists(ApiKey),
+    /// The ledger refused (e.g. `only_if_none` and a key exists, or the secret was revoked).
+    Refused(LedgerError),
+}
+
+/// Creates an API key outside a request (start-up, CLI) through the ledger engine, so it is
+/// written with its audit event like every change. `secret`: a given secret (the bootstrap key),
+/// else a new one. `only_if_none`: only when no key exists at all.
+pub async fn create_key(
+    engine: &Engine,
+    name: &str,
+    role: Role,
+    account_ids: Option<Vec<Uuid>>,
+    secret: Option<&str>,
+    only_if_none: bool,
+) -> Result<KeyCreation, EngineError> {
+    let secret = secret.map_or_else(generate_secret, str::to_string);
+    let id = Uuid::now_v7();
+    let command = Command::CreateApiKey(NewApiKey {
+        id,
+        name: name.to_string(),
+        role: role.as_str().to_string(),
+        account_ids,
+        secret_hash: hash_secret(&secret),
+        only_if_none,
+    });
+    let envelope = Envelope {
+        command,
+        scope: None,
+        actor: None,
+    };
+    Ok(match engine.submit(envelope, None).await? {
+        Reply::Applied {
+            outcome: Ok(Effect::ApiKey(key)),
+            ..
+        } if key.id == id => KeyCreation::Created { key, secret },
+        Reply::Applied {
+            outcome: Ok(Effect::ApiKey(key)),
+            ..
+        } => KeyCreation::Exists(key),
+        Reply::Applied {
+            outcome: Err(e), ..
+        } => KeyCreation::Refused(e),
+        other => {
+            return Err(EngineError::Internal(format!(
+                "unexpected reply to an API key creation: {other:?}"
+            )));
+        }
+    })
 }

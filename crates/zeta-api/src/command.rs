@@ -7,7 +7,7 @@ use axum::http::{HeaderValue, Response, StatusCode, header};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use zeta_engine::{IdempotencySpec, Reply, StoredResponse};
-use zeta_ledger::{Command, Effect, Envelope, ItemResult, Outcome};
+use zeta_ledger::{Actor, Command, Effect, Envelope, ItemResult, Outcome};
 use zeta_store::IdempotencyRecord;
 
 use crate::error::{ApiError, PROBLEM_JSON};
@@ -36,6 +36,8 @@ fn effect_json(effect: &Effect, item_errors: &[Option<ApiError>]) -> Value {
         Effect::Account(a) => views::account(a),
         Effect::Transaction(t) => views::transaction(t),
         Effect::Transfer(t) => views::transfer(t),
+        // The secret is never stored: a replay shows the key without it.
+        Effect::ApiKey(k) => views::api_key(k, None),
         Effect::Batch(results) => {
             let results: Vec<Value> = results
                 .iter()
@@ -143,9 +145,36 @@ pub(crate) async fn execute(
     canonical_body: &str,
     item_errors: ItemErrors,
 ) -> Result<Response<Body>, ApiError> {
+    execute_revealing(
+        state,
+        ctx,
+        command,
+        success,
+        canonical_body,
+        item_errors,
+        None,
+    )
+    .await
+}
+
+/// [`execute`], where a new API key's first response also carries its `secret`: the one time
+/// it is shown (the stored response, replayed for a retry, never has it).
+pub(crate) async fn execute_revealing(
+    state: &AppState,
+    ctx: &Ctx,
+    command: Command,
+    success: StatusCode,
+    canonical_body: &str,
+    item_errors: ItemErrors,
+    secret: Option<&str>,
+) -> Result<Response<Body>, ApiError> {
     let envelope = Envelope {
         command,
         scope: ctx.caller.scope.clone(),
+        actor: Some(Actor {
+            key_id: ctx.caller.key_id,
+            request_id: ctx.request_id.clone(),
+        }),
     };
     let request_id = ctx.request_id.clone();
     let instance = ctx.path.clone();
@@ -203,7 +232,13 @@ pub(crate) async fn execute(
         }
     };
     log_outcome(ctx, &outcome);
-    let mut response = raw_response(stored.status, stored.body);
+    let body = match (&outcome, secret) {
+        (Ok(Effect::ApiKey(key)), Some(secret)) => {
+            serde_json::to_vec(&views::api_key(key, Some(secret))).unwrap_or_default()
+        }
+        _ => stored.body,
+    };
+    let mut response = raw_response(stored.status, body);
     if let Ok(Effect::Account(a)) = &outcome {
         account_headers(
             &mut response,

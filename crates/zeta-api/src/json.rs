@@ -154,35 +154,10 @@ pub fn parse(bytes: &[u8]) -> Result<Value, ApiError> {
     }
 }
 
-/// Writes JSON with object keys sorted at every level: equal documents, equal bytes.
+/// Writes the RFC 8785 canonical form (the one the audit log hashes): equal documents, equal
+/// bytes.
 pub fn canonical(value: &Value, out: &mut String) {
-    match value {
-        Value::Object(map) => {
-            let mut keys: Vec<&String> = map.keys().collect();
-            keys.sort();
-            out.push('{');
-            for (i, key) in keys.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                out.push_str(&Value::String(key.clone()).to_string());
-                out.push(':');
-                canonical(&map[key], out);
-            }
-            out.push('}');
-        }
-        Value::Array(items) => {
-            out.push('[');
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                canonical(item, out);
-            }
-            out.push(']');
-        }
-        other => out.push_str(&other.to_string()),
-    }
+    out.push_str(&zeta_ledger::audit::canonical_json(value));
 }
 
 /// Finds a number that the databases would not give back unchanged: stored JSON keeps numbers

@@ -55,6 +55,10 @@ use crate::AppState;
         crate::routes::create_transfer_batch,
         crate::routes::get_transfer,
         crate::routes::reverse_transfer,
+        crate::routes::create_api_key,
+        crate::routes::list_api_keys,
+        crate::routes::revoke_api_key,
+        crate::routes::list_audit_events,
     ),
     components(schemas(Problem, BatchItemProblem, FieldError, ErrorCode)),
     tags(
@@ -62,6 +66,8 @@ use crate::AppState;
         (name = "transactions", description = "Money in and out of one account, and reversals."),
         (name = "holds", description = text::HOLDS_TAG),
         (name = "transfers", description = "Money between two accounts of one currency, one at a time or in batches."),
+        (name = "api keys", description = "Who may call the API: roles `admin`, `operator`, `viewer`, optionally limited to accounts."),
+        (name = "audit", description = "The tamper-evident log of every state change."),
     ),
 )]
 struct ApiDoc;
@@ -441,6 +447,87 @@ pub struct Transfer {
     pub created_at: String,
 }
 
+/// `POST /v1/api-keys`.
+#[derive(ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(examples(examples::create_api_key))]
+pub struct CreateApiKey {
+    /// 1–200 characters, for people.
+    #[schema(min_length = 1, max_length = 200)]
+    pub name: String,
+    #[schema(inline)]
+    pub role: KeyRole,
+    /// The accounts the key is limited to (1–1000 distinct ids); absent or null: every account.
+    #[serde(default)]
+    #[schema(min_items = 1, max_items = 1000)]
+    pub account_ids: Option<Vec<Uuid>>,
+}
+
+/// What a key may do: `admin` everything (API keys and the audit log included), `operator`
+/// create and update accounts, move money and read, `viewer` read only.
+#[derive(ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyRole {
+    Admin,
+    Operator,
+    Viewer,
+}
+
+/// An API key. `key`, the secret, is only in the response that created it.
+#[derive(ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(examples(examples::new_api_key))]
+pub struct ApiKey {
+    pub id: Uuid,
+    pub name: String,
+    #[schema(inline)]
+    pub role: KeyRole,
+    /// The accounts the key is limited to; null: every account.
+    #[schema(required = true)]
+    pub account_ids: Option<Vec<Uuid>>,
+    /// The secret to send as `Authorization: Bearer <key>`: `zeta_` and 64 hex digits. Only in
+    /// the 201 of its creation (a replay of that request has no `key`).
+    #[serde(default)]
+    #[schema(pattern = "^zeta_[0-9a-f]{64}$")]
+    pub key: Option<String>,
+    #[schema(format = DateTime)]
+    pub created_at: String,
+}
+
+/// One audit event.
+#[derive(ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(examples(examples::audit_event))]
+pub struct AuditEvent {
+    /// 1, 2, 3, … without gaps.
+    #[schema(minimum = 1)]
+    pub seq: i64,
+    #[schema(format = DateTime)]
+    pub at: String,
+    /// The key that made the change; null for changes made outside a request (start-up, CLI).
+    #[schema(required = true)]
+    pub actor_key_id: Option<Uuid>,
+    /// The request's `X-Request-Id`; null outside a request.
+    #[schema(required = true)]
+    pub request_id: Option<String>,
+    /// `account.create`, `account.update`, `transaction.credit`, `transaction.debit`,
+    /// `transaction.hold`, `transaction.capture`, `transaction.void`, `transaction.reverse`,
+    /// `transfer.create`, `transfer.reverse`, `api_key.create` or `api_key.revoke`.
+    pub action: String,
+    /// `account`, `transaction`, `transfer` or `api_key`.
+    pub resource_type: String,
+    pub resource_id: Uuid,
+    /// What changed (amounts, statuses, the fields of an update, …).
+    #[schema(value_type = Object)]
+    pub details: Value,
+    /// The previous event's `hash` (64 zeros for the first).
+    #[schema(pattern = "^[0-9a-f]{64}$")]
+    pub prev_hash: String,
+    /// SHA-256 of `prev_hash`, a newline and the canonical JSON of the other fields.
+    #[schema(pattern = "^[0-9a-f]{64}$")]
+    pub hash: String,
+}
+
 /// One page of a list. Pass `next_cursor` as `cursor` to get the next; null on the last page.
 #[derive(ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -743,6 +830,33 @@ pub struct TransactionListQuery {
     /// Only transactions created before this instant (RFC 3339).
     #[param(required = false, format = DateTime)]
     pub until: String,
+    /// Page size, 1–200 (default 50).
+    #[param(required = false, minimum = 1, maximum = 200)]
+    pub limit: u32,
+    /// `next_cursor` of the previous page.
+    #[param(required = false)]
+    pub cursor: String,
+}
+
+/// Paging of a list.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PageQuery {
+    /// Page size, 1–200 (default 50).
+    #[param(required = false, minimum = 1, maximum = 200)]
+    pub limit: u32,
+    /// `next_cursor` of the previous page.
+    #[param(required = false)]
+    pub cursor: String,
+}
+
+/// Paging of `GET /v1/audit-events`.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct AuditQuery {
+    /// Only events with a greater `seq` (default 0: from the first).
+    #[param(required = false, minimum = 0)]
+    pub after_seq: i64,
     /// Page size, 1–200 (default 50).
     #[param(required = false, minimum = 1, maximum = 200)]
     pub limit: u32,
@@ -1145,6 +1259,8 @@ async fn docs_asset(Path(file): Path<String>) -> Response {
 
 /// Longer descriptions, used by the attributes in `routes.rs`.
 pub mod text {
+    pub const CREATE_API_KEY: &str = "Makes a key with a role and, optionally, a list of accounts it is limited to (for any other account it behaves as if the account did not exist). The secret, `key`, is in this response only: it is stored as a SHA-256 hash and cannot be shown again — a replay of this request with its `Idempotency-Key` returns the key without it. Needs an `admin` key not limited to accounts.";
+    pub const AUDIT: &str = "Every state change — account created or updated, every money movement (declines that were recorded included), API key created or revoked — appended in the same database transaction as the change. The events form a SHA-256 chain: `hash` = lowercase hex SHA-256 of `prev_hash` + `\\n` + the RFC 8785 canonical JSON of the event's other fields (`seq`, `at`, `actor_key_id`, `request_id`, `action`, `resource_type`, `resource_id`, `details`), integers written exactly in decimal; the first `prev_hash` is 64 zeros. Any edit, insertion or deletion breaks the chain, which `zeta verify` checks. Needs an `admin` key not limited to accounts.";
     pub const INTRO: &str = "The HTTP API of Zeta, a ledger of accounts, holds and transfers.\n\n\
 **Money** is an integer count of minor units (cents) of the account's ISO 4217 currency: `amount` is a JSON integer from 1 to 2^53−1; `1.5`, `1e3`, `1.0`, `\"10\"` and `null` are refused. Balances never go negative.\n\n\
 **Requests**: JSON bodies with `Content-Type: application/json` (else 415), at most 64 KiB (1 MiB for a batch; else 413). Unknown fields, duplicate keys, NUL characters and unknown query parameters are refused with 422 `validation_error`. Ids are lowercase UUIDs; a malformed id in a path is 404. Times are RFC 3339 UTC with microseconds.\n\n\
@@ -1253,6 +1369,47 @@ pub mod examples {
 
     pub fn accounts_page() -> Value {
         json!({"data": [account()], "next_cursor": "6163636f756e743a303139346232613400"})
+    }
+
+    pub const API_KEY: &str = "0194b2a6-4f50-7c6b-a7d8-9fa0b1c2d3e7";
+
+    pub fn create_api_key() -> Value {
+        json!({"name": "payments service", "role": "operator"})
+    }
+
+    pub fn create_scoped_api_key() -> Value {
+        json!({"name": "statement portal", "role": "viewer", "account_ids": [ACCOUNT, ACCOUNT_2]})
+    }
+
+    pub fn new_api_key() -> Value {
+        json!({
+            "id": API_KEY, "name": "payments service", "role": "operator", "account_ids": null,
+            "key": "zeta_3f6c1e0b9a8d7c6b5a4f3e2d1c0b9a8f7e6d5c4b3a2f1e0d9c8b7a6f5e4d3c2b",
+            "created_at": "2026-11-25T08:00:00.000000Z"
+        })
+    }
+
+    pub fn api_keys_page() -> Value {
+        json!({"data": [{
+            "id": API_KEY, "name": "payments service", "role": "operator", "account_ids": null,
+            "created_at": "2026-11-25T08:00:00.000000Z"
+        }], "next_cursor": null})
+    }
+
+    pub fn audit_event() -> Value {
+        json!({
+            "seq": 42, "at": "2026-11-25T10:15:00.000000Z", "actor_key_id": API_KEY,
+            "request_id": "5b0f6c1e-3d2a-4b8c-9e7f-1a2b3c4d5e6f", "action": "transaction.credit",
+            "resource_type": "transaction", "resource_id": TX_CREDIT,
+            "details": {"account_id": ACCOUNT, "amount": 150000, "balance_after": 150000,
+                        "currency": "EUR", "reverses_id": null, "status": "completed"},
+            "prev_hash": "9c1f0e5d2b7a4c3e8f6d1a0b9e8c7d6f5a4b3c2d1e0f9a8b7c6d5e4f3a2b1c0d",
+            "hash": "e3a1b2c4d5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f90"
+        })
+    }
+
+    pub fn audit_page() -> Value {
+        json!({"data": [audit_event()], "next_cursor": "61756469743a3432"})
     }
 
     pub fn balance() -> Value {

@@ -11,14 +11,15 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodFilter, MethodRouter, get, on};
 use serde_json::{Value, json};
 use uuid::Uuid;
+use zeta_engine::Reply;
 use zeta_ledger::{
-    AccountPatch, AccountStatus, BatchItem, Command, Currency, NewAccount, TransactionStatus,
-    TransactionType, TransferSpec, now_micros,
+    AccountPatch, AccountStatus, Actor, BatchItem, Command, Currency, Envelope, NewAccount,
+    NewApiKey, TransactionStatus, TransactionType, TransferSpec, now_micros,
 };
 use zeta_store::{AccountFilter, TransactionFilter};
 
 use crate::auth::Role;
-use crate::command::{ItemErrors, account_headers, execute, raw_response};
+use crate::command::{ItemErrors, account_headers, execute, execute_revealing, raw_response};
 use crate::error::{ApiError, FieldError};
 use crate::json::{Fields, Query};
 use crate::request::{Authed, BATCH_BODY_LIMIT, BODY_LIMIT, Ctx, JsonRequest, PathId, if_match};
@@ -91,6 +92,14 @@ pub const V1_ROUTES: &[V1Route] = &[
     v1(Method::GET, "/v1/transfers/{id}", |m| on(m, get_transfer)),
     v1(Method::POST, "/v1/transfers/{id}/reverse", |m| {
         on(m, reverse_transfer)
+    }),
+    v1(Method::POST, "/v1/api-keys", |m| on(m, create_api_key)),
+    v1(Method::GET, "/v1/api-keys", |m| on(m, list_api_keys)),
+    v1(Method::DELETE, "/v1/api-keys/{id}", |m| {
+        on(m, revoke_api_key)
+    }),
+    v1(Method::GET, "/v1/audit-events", |m| {
+        on(m, list_audit_events)
     }),
 ];
 
@@ -975,6 +984,262 @@ async fn reverse_transfer(
         no_items(),
     )
     .await
+}
+
+// ----- API keys and the audit log ----------------------------------------------------------
+
+/// Longest API key `name`, in code points; most accounts in a key's scope.
+const MAX_KEY_NAME: usize = 200;
+pub const MAX_KEY_ACCOUNTS: usize = 1000;
+
+/// API keys and the audit log are for `admin` keys that are not limited to accounts: a scoped
+/// key could otherwise mint itself a wider one, or read about accounts it cannot see.
+fn require_security_admin(ctx: &Ctx) -> Result<(), ApiError> {
+    ctx.caller.require(Role::Admin)?;
+    if ctx.caller.scope.is_some() {
+        return Err(ApiError::Forbidden(
+            "a key limited to accounts cannot manage API keys or read the audit log",
+        ));
+    }
+    Ok(())
+}
+
+/// `account_ids`: absent or null (every account), or 1–1000 distinct account ids.
+fn key_scope(f: &mut Fields) -> Option<Vec<Uuid>> {
+    let ids = match f.raw("account_ids") {
+        None | Some(Value::Null) => return None,
+        Some(Value::Array(items)) => items,
+        Some(_) => {
+            f.invalid("account_ids", "must be an array of account ids, or null");
+            return None;
+        }
+    };
+    if ids.is_empty() || ids.len() > MAX_KEY_ACCOUNTS {
+        f.invalid(
+            "account_ids",
+            format!("must list 1 to {MAX_KEY_ACCOUNTS} accounts (null: every account)"),
+        );
+        return None;
+    }
+    let mut parsed = Vec::with_capacity(ids.len());
+    for (i, item) in ids.iter().enumerate() {
+        match item.as_str().and_then(|s| Uuid::try_parse(s).ok()) {
+            Some(id) if !parsed.contains(&id) => parsed.push(id),
+            Some(_) => f.invalid(&format!("account_ids.{i}"), "is listed twice"),
+            None => f.invalid(&format!("account_ids.{i}"), "must be a UUID string"),
+        }
+    }
+    Some(parsed)
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/api-keys",
+    tag = "api keys",
+    summary = "Create an API key",
+    description = openapi::text::CREATE_API_KEY,
+    request_body(content = openapi::CreateApiKey, examples(
+        ("operator" = (summary = "A key that moves money on every account", value = json!(openapi::examples::create_api_key()))),
+        ("scoped viewer" = (summary = "A read-only key for two accounts", value = json!(openapi::examples::create_scoped_api_key()))),
+    )),
+    responses(
+        (status = 201, description = "The new key, with its secret `key`: shown this once.", body = openapi::ApiKey,
+            example = json!(openapi::examples::new_api_key())),
+        (status = 403, description = "- `forbidden`: not an `admin` key, or a key limited to accounts"),
+        (status = 404, description = "- `not_found`: an account in `account_ids` does not exist"),
+        (status = 422, description = "- `validation_error`: a field is missing, invalid or unknown (`errors` lists them)"),
+    ),
+)]
+async fn create_api_key(State(state): State<AppState>, req: Body) -> Result<Response, ApiError> {
+    let mut f = Fields::body(req.body)?;
+    let name = f.string("name", 1, MAX_KEY_NAME, true);
+    let role = f.string("role", 0, 16, true).and_then(|r| {
+        let parsed = Role::parse(&r);
+        if parsed.is_none() {
+            f.invalid("role", "must be admin, operator or viewer");
+        }
+        parsed
+    });
+    let account_ids = key_scope(&mut f);
+    let (Some(name), Some(role)) = (name, role) else {
+        return validated(f).and(Err(ApiError::Validation(Vec::new())));
+    };
+    validated(f)?;
+    require_security_admin(&req.ctx)?;
+    let secret = crate::auth::generate_secret();
+    let command = Command::CreateApiKey(NewApiKey {
+        id: Uuid::now_v7(),
+        name,
+        role: role.as_str().to_string(),
+        account_ids,
+        secret_hash: crate::auth::hash_secret(&secret),
+        only_if_none: false,
+    });
+    execute_revealing(
+        &state,
+        &req.ctx,
+        command,
+        StatusCode::CREATED,
+        &req.canonical,
+        no_items(),
+        Some(&secret),
+    )
+    .await
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/api-keys",
+    tag = "api keys",
+    summary = "List API keys",
+    description = "The keys that work (revoked ones are gone), oldest first, without their secrets. Needs an `admin` key not limited to accounts.",
+    params(openapi::PageQuery),
+    responses(
+        (status = 200, description = "A page of keys.", body = openapi::Page<openapi::ApiKey>,
+            example = json!(openapi::examples::api_keys_page())),
+        (status = 403, description = "- `forbidden`: not an `admin` key, or a key limited to accounts"),
+        (status = 422, description = "- `validation_error`: a bad `limit` or `cursor`, or a repeated or unknown query parameter"),
+    ),
+)]
+async fn list_api_keys(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+    Authed(ctx): Authed,
+) -> Result<Response, ApiError> {
+    let mut q = Query::parse(query.as_deref())?;
+    let limit = q.limit() as usize;
+    let after = decode_cursor(&mut q, "api_key").and_then(|s| {
+        let id = Uuid::try_parse(&s).ok();
+        if id.is_none() {
+            q.invalid("cursor", "is not a valid cursor");
+        }
+        id
+    });
+    q.finish()?;
+    require_security_admin(&ctx)?;
+    // Keys are few: the store returns them all, oldest (smallest UUIDv7) first.
+    let keys = state.store.list_api_keys().await.map_err(store_error)?;
+    let mut page: Vec<_> = keys
+        .iter()
+        .filter(|k| after.is_none_or(|a| k.id > a))
+        .take(limit + 1)
+        .collect();
+    let more = page.len() > limit;
+    page.truncate(limit);
+    let next = more
+        .then(|| {
+            page.last()
+                .map(|k| encode_cursor("api_key", &k.id.to_string()))
+        })
+        .flatten();
+    Ok(json_ok(&views::page(
+        page.iter().map(|k| views::api_key(k, None)).collect(),
+        next,
+    )))
+}
+
+#[utoipa::path(
+    delete,
+    path = "/v1/api-keys/{id}",
+    tag = "api keys",
+    summary = "Revoke an API key",
+    description = "The key stops working at once, on every instance: every request looks its key up in the database. Revocation is final. Needs an `admin` key not limited to accounts.",
+    params(("id" = Uuid, Path, description = "The key's id.")),
+    responses(
+        (status = 204, description = "Revoked."),
+        (status = 403, description = "- `forbidden`: not an `admin` key, or a key limited to accounts"),
+        (status = 404, description = "- `not_found`: no such key, or it is already revoked"),
+    ),
+)]
+async fn revoke_api_key(
+    State(state): State<AppState>,
+    PathId(id): PathId,
+    Authed(ctx): Authed,
+) -> Result<Response, ApiError> {
+    require_security_admin(&ctx)?;
+    let key_id = path_id(&id, "api key")?;
+    let envelope = Envelope {
+        command: Command::RevokeApiKey { key_id },
+        scope: None,
+        actor: Some(Actor {
+            key_id: ctx.caller.key_id,
+            request_id: ctx.request_id.clone(),
+        }),
+    };
+    match state.submit(envelope, None).await? {
+        Reply::Applied { outcome: Ok(_), .. } => {
+            tracing::info!(request_id = %ctx.request_id, key_id = %ctx.caller.key_id, revoked = %key_id, "API key revoked");
+            Ok(StatusCode::NO_CONTENT.into_response())
+        }
+        Reply::Applied {
+            outcome: Err(e), ..
+        } => Err(ApiError::Ledger(e)),
+        Reply::Replay(_) | Reply::KeyReused => {
+            Err(ApiError::Internal("idempotency reply without a key".into()))
+        }
+    }
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/audit-events",
+    tag = "audit",
+    summary = "Read the audit log",
+    description = openapi::text::AUDIT,
+    params(openapi::AuditQuery),
+    responses(
+        (status = 200, description = "A page of events, ascending `seq`.", body = openapi::Page<openapi::AuditEvent>,
+            example = json!(openapi::examples::audit_page())),
+        (status = 403, description = "- `forbidden`: not an `admin` key, or a key limited to accounts"),
+        (status = 422, description = "- `validation_error`: a bad `after_seq`, `limit` or `cursor`, or a repeated or unknown query parameter"),
+    ),
+)]
+async fn list_audit_events(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+    Authed(ctx): Authed,
+) -> Result<Response, ApiError> {
+    let mut q = Query::parse(query.as_deref())?;
+    let after_seq = q.take("after_seq").and_then(|s| {
+        let n = s.parse::<i64>().ok().filter(|n| *n >= 0);
+        if n.is_none() {
+            q.invalid("after_seq", "must be an integer of at least 0");
+        }
+        n
+    });
+    let limit = q.limit();
+    let cursor = decode_cursor(&mut q, "audit").and_then(|s| {
+        let n = s.parse::<i64>().ok().filter(|n| *n >= 0);
+        if n.is_none() {
+            q.invalid("cursor", "is not a valid cursor");
+        }
+        n
+    });
+    q.finish()?;
+    require_security_admin(&ctx)?;
+    // The cursor continues a listing that started at `after_seq`: events after both.
+    let after = after_seq.unwrap_or(0).max(cursor.unwrap_or(0));
+    let mut events = state
+        .store
+        .list_audit_events(after, limit + 1)
+        .await
+        .map_err(store_error)?;
+    let more = events.len() > limit as usize;
+    events.truncate(limit as usize);
+    let next = more
+        .then(|| {
+            events
+                .last()
+                .map(|e| encode_cursor("audit", &e.seq.to_string()))
+        })
+        .flatten();
+    Ok(json_ok(&views::page(
+        events
+            .iter()
+            .map(zeta_ledger::audit::AuditEvent::to_json)
+            .collect(),
+        next,
+    )))
 }
 
 // ----- operations --------------------------------------------------------------------------

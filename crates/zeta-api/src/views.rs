@@ -2,17 +2,9 @@
 
 use serde_json::{Value, json};
 use time::OffsetDateTime;
-use time::macros::format_description;
-use zeta_ledger::{Account, Transaction, TransferView};
+use zeta_ledger::{Account, ApiKey, Transaction, TransferView};
 
-/// RFC 3339 UTC with microseconds, e.g. `2026-11-25T16:22:00.123456Z`.
-pub fn timestamp(t: OffsetDateTime) -> String {
-    let format =
-        format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z");
-    t.to_offset(time::UtcOffset::UTC)
-        .format(&format)
-        .unwrap_or_default()
-}
+pub use zeta_ledger::audit::timestamp;
 
 fn opt_time(t: Option<OffsetDateTime>) -> Value {
     t.map_or(Value::Null, |t| Value::String(timestamp(t)))
@@ -70,6 +62,21 @@ pub fn transfer(v: &TransferView) -> Value {
         "reference": t.reference,
         "created_at": timestamp(t.created_at),
     })
+}
+
+/// An API key; `secret` only in the response that created it.
+pub fn api_key(k: &ApiKey, secret: Option<&str>) -> Value {
+    let mut value = json!({
+        "id": k.id,
+        "name": k.name,
+        "role": k.role,
+        "account_ids": k.account_ids,
+        "created_at": timestamp(k.created_at),
+    });
+    if let (Some(secret), Value::Object(map)) = (secret, &mut value) {
+        map.insert("key".into(), Value::String(secret.to_string()));
+    }
+    value
 }
 
 /// A list page.

@@ -17,8 +17,9 @@ use rand::Rng;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use uuid::Uuid;
+use zeta_ledger::audit::{self, ChainHead};
 use zeta_ledger::{Command, Envelope, Outcome, Working, now_micros};
-use zeta_store::{IdempotencyRecord, Store, StoreError};
+use zeta_store::{IdempotencyRecord, KeyRefs, Store, StoreError};
 
 /// Engine limits; every one is explicit.
 #[derive(Clone, Debug)]
@@ -169,6 +170,7 @@ impl Engine {
         assert!(settings.writers >= 1 && settings.max_batch >= 1 && settings.queue_capacity >= 1);
         let mut senders = Vec::with_capacity(settings.writers);
         let mut writers = Vec::with_capacity(settings.writers);
+        let chain = Arc::new(tokio::sync::Mutex::new(None));
         for _ in 0..settings.writers {
             let (tx, rx) = mpsc::channel(settings.queue_capacity);
             senders.push(tx);
@@ -176,6 +178,7 @@ impl Engine {
                 store: store.clone(),
                 settings: settings.clone(),
                 observer: observer.clone(),
+                chain: chain.clone(),
             };
             writers.push(tokio::spawn(Arc::new(writer).run(rx)));
         }
@@ -230,6 +233,12 @@ struct Writer {
     store: Arc<dyn Store>,
     settings: EngineSettings,
     observer: Arc<dyn EngineObserver>,
+    /// The audit chain's head as last committed by this process (`None`: read it from the
+    /// database). Shared by the writers: a batch with audit events holds it from writing its
+    /// events until its COMMIT is answered, so this process appends to the chain in order and
+    /// never conflicts with itself; another instance's append shows up as a duplicate `seq`, a
+    /// conflict that re-runs the batch with the head read afresh.
+    chain: Arc<tokio::sync::Mutex<Option<ChainHead>>>,
 }
 
 impl Writer {
@@ -341,7 +350,7 @@ impl Writer {
         let policy = &self.settings.retry;
         let (mut conflicts, mut outages) = (0, 0);
         loop {
-            let error = match apply_batch(self.store.as_ref(), jobs).await {
+            let error = match apply_batch(self.store.as_ref(), &self.chain, jobs).await {
                 Ok(replies) => {
                     self.observer.batch_committed(jobs.len());
                     return Ok(replies);
@@ -443,7 +452,11 @@ fn answer(jobs: &mut Vec<Job>, replies: Vec<Reply>) {
 }
 
 /// One attempt at a batch: one database transaction.
-async fn apply_batch(store: &dyn Store, jobs: &[Job]) -> Result<Vec<Reply>, BatchFailure> {
+async fn apply_batch(
+    store: &dyn Store,
+    chain: &tokio::sync::Mutex<Option<ChainHead>>,
+    jobs: &[Job],
+) -> Result<Vec<Reply>, BatchFailure> {
     let mut tx = store.begin().await?;
     let mut replies: Vec<Option<Reply>> = vec![None; jobs.len()];
 
@@ -514,14 +527,34 @@ async fn apply_batch(store: &dyn Store, jobs: &[Job]) -> Result<Vec<Reply>, Batc
         tx.taken_account_numbers(&numbers).await?
     };
 
+    let (mut key_ids, mut key_hashes) = (Vec::new(), Vec::new());
+    for command in pending() {
+        match command {
+            Command::CreateApiKey(new) => key_hashes.push(new.secret_hash.clone()),
+            Command::RevokeApiKey { key_id } => key_ids.push(*key_id),
+            _ => {}
+        }
+    }
+    let keys = if key_ids.is_empty() && key_hashes.is_empty() {
+        KeyRefs::default()
+    } else {
+        tx.api_keys(&key_ids, &key_hashes).await?
+    };
+
     let now = now_micros();
-    let mut working = Working::new(now, accounts, transactions, transfers, taken);
+    let mut working = Working::new(now, accounts, transactions, transfers, taken)
+        .with_api_keys(keys.keys, keys.any);
     let mut records = Vec::new();
+    let mut drafts = Vec::new();
     for (job, reply) in jobs.iter().zip(replies.iter_mut()) {
         if reply.is_some() {
             continue;
         }
         let outcome = working.apply(&job.envelope);
+        let events = audit::events_for(&job.envelope, &outcome);
+        if !events.is_empty() {
+            drafts.push((job.envelope.actor.as_ref(), events));
+        }
         let stored = job.idempotency.as_ref().map(|spec| {
             let response = (spec.render)(&outcome);
             records.push(IdempotencyRecord {
@@ -536,7 +569,7 @@ async fn apply_batch(store: &dyn Store, jobs: &[Job]) -> Result<Vec<Reply>, Batc
         });
         *reply = Some(Reply::Applied { outcome, stored });
     }
-    let changes = working.into_changes();
+    let mut changes = working.into_changes();
     let replies: Vec<Reply> = replies
         .into_iter()
         .map(|r| r.expect("every job has a reply"))
@@ -548,9 +581,32 @@ async fn apply_batch(store: &dyn Store, jobs: &[Job]) -> Result<Vec<Reply>, Batc
     }
     let batch_id = Uuid::now_v7();
     tx.mark_batch(batch_id).await?;
+    // The audit events join the chain under the chain lock, held until the COMMIT is answered.
+    let mut chain = if drafts.is_empty() {
+        None
+    } else {
+        Some(chain.lock().await)
+    };
+    let mut head = None;
+    if let Some(cached) = chain.as_deref_mut() {
+        let mut next = match cached.take() {
+            Some(head) => head,
+            None => tx.audit_head().await?.unwrap_or_else(ChainHead::genesis),
+        };
+        for (actor, events) in drafts {
+            audit::seal(&mut next, now, actor, events, &mut changes.audit_events);
+        }
+        head = Some(next);
+    }
+    // On any failure the cached head stays empty (taken above): the next batch reads it afresh.
     tx.write(&changes, &records).await?;
     match tx.commit().await {
-        Ok(()) => Ok(replies),
+        Ok(()) => {
+            if let Some(cached) = chain.as_deref_mut() {
+                *cached = head;
+            }
+            Ok(replies)
+        }
         Err(error @ StoreError::Unavailable(_)) => Err(BatchFailure {
             error,
             in_doubt: Some((batch_id, replies)),

@@ -15,6 +15,15 @@ pub type Scope = Option<Arc<HashSet<Uuid>>>;
 pub struct Envelope {
     pub command: Command,
     pub scope: Scope,
+    /// The request that sent it, for the audit log; `None` outside a request (CLI, start-up).
+    pub actor: Option<Actor>,
+}
+
+/// Who made a change: the API key and the request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Actor {
+    pub key_id: Uuid,
+    pub request_id: String,
 }
 
 #[derive(Clone, Debug)]
@@ -57,6 +66,24 @@ pub enum Command {
         items: Vec<BatchItem>,
         atomic: bool,
     },
+    CreateApiKey(NewApiKey),
+    RevokeApiKey {
+        key_id: Uuid,
+    },
+}
+
+#[derive(Clone, Debug)]
+pub struct NewApiKey {
+    pub id: Uuid,
+    pub name: String,
+    /// `admin`, `operator` or `viewer` (validated by the caller).
+    pub role: String,
+    pub account_ids: Option<Vec<Uuid>>,
+    /// SHA-256 of the secret. When a live key already has it, nothing is created and the
+    /// outcome is that key.
+    pub secret_hash: Vec<u8>,
+    /// Create only when no key exists at all (first start); otherwise `InvalidState`.
+    pub only_if_none: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -101,7 +128,9 @@ impl Command {
             | Command::Capture { .. }
             | Command::Void { .. }
             | Command::ReverseTransaction { .. }
-            | Command::ReverseTransfer { .. } => {}
+            | Command::ReverseTransfer { .. }
+            | Command::RevokeApiKey { .. } => {}
+            Command::CreateApiKey(new) => out.extend(new.account_ids.iter().flatten()),
             Command::UpdateAccount { account_id, .. }
             | Command::Credit { account_id, .. }
             | Command::Debit { account_id, .. } => out.push(*account_id),
@@ -142,6 +171,8 @@ impl Command {
     pub fn routing_key(&self) -> Uuid {
         match self {
             Command::CreateAccount(new) => new.id,
+            Command::CreateApiKey(new) => new.id,
+            Command::RevokeApiKey { key_id } => *key_id,
             Command::UpdateAccount { account_id, .. }
             | Command::Credit { account_id, .. }
             | Command::Debit { account_id, .. } => *account_id,

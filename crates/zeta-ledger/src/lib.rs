@@ -4,16 +4,19 @@
 //! touch to [`Working`], which applies the commands in order — each succeeding or failing on its
 //! own — and yields the [`Changes`] to persist.
 
+pub mod audit;
 mod command;
 mod error;
 mod model;
 mod money;
 mod posting;
 
-pub use command::{AccountPatch, BatchItem, Command, Envelope, NewAccount, Scope, TransferSpec};
+pub use command::{
+    AccountPatch, Actor, BatchItem, Command, Envelope, NewAccount, NewApiKey, Scope, TransferSpec,
+};
 pub use error::LedgerError;
 pub use model::{
-    Account, AccountStatus, FailureReason, Transaction, TransactionStatus, TransactionType,
+    Account, AccountStatus, ApiKey, FailureReason, Transaction, TransactionStatus, TransactionType,
     Transfer, TransferStatus, TransferView,
 };
 pub use money::{Amount, Currency, MAX_AMOUNT};

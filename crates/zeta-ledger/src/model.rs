@@ -125,3 +125,16 @@ pub struct TransferView {
     pub debit: Transaction,
     pub credit: Option<Transaction>,
 }
+
+/// An API key as stored: never its secret, only the secret's hash (kept apart from this view).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiKey {
+    pub id: Uuid,
+    pub name: String,
+    /// `admin`, `operator` or `viewer`.
+    pub role: String,
+    /// The accounts the key is limited to; `None` for an unscoped key.
+    pub account_ids: Option<Vec<Uuid>>,
+    pub created_at: OffsetDateTime,
+    pub revoked_at: Option<OffsetDateTime>,
+}

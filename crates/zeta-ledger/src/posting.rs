@@ -6,10 +6,13 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::command::{AccountPatch, BatchItem, Command, Envelope, NewAccount, Scope, TransferSpec};
+use crate::audit::AuditEvent;
+use crate::command::{
+    AccountPatch, BatchItem, Command, Envelope, NewAccount, NewApiKey, Scope, TransferSpec,
+};
 use crate::error::LedgerError;
 use crate::model::{
-    Account, AccountStatus, FailureReason, Transaction, TransactionStatus, TransactionType,
+    Account, AccountStatus, ApiKey, FailureReason, Transaction, TransactionStatus, TransactionType,
     Transfer, TransferStatus, TransferView,
 };
 use crate::money::{Amount, Currency};
@@ -21,6 +24,7 @@ pub enum Effect {
     Transaction(Transaction),
     Transfer(Box<TransferView>),
     Batch(Vec<ItemResult>),
+    ApiKey(ApiKey),
 }
 
 pub type Outcome = Result<Effect, LedgerError>;
@@ -45,6 +49,11 @@ pub struct Changes {
     pub updated_transactions: Vec<Transaction>,
     pub new_transfers: Vec<Transfer>,
     pub updated_transfers: Vec<Transfer>,
+    /// New API keys with their secret hashes.
+    pub new_api_keys: Vec<(ApiKey, Vec<u8>)>,
+    pub revoked_api_keys: Vec<ApiKey>,
+    /// The audit events of the batch, chained (filled in by the engine).
+    pub audit_events: Vec<AuditEvent>,
 }
 
 impl Changes {
@@ -55,6 +64,9 @@ impl Changes {
             && self.updated_transactions.is_empty()
             && self.new_transfers.is_empty()
             && self.updated_transfers.is_empty()
+            && self.new_api_keys.is_empty()
+            && self.revoked_api_keys.is_empty()
+            && self.audit_events.is_empty()
     }
 }
 
@@ -80,6 +92,12 @@ pub struct Working {
     dirty_accounts: BTreeSet<Uuid>,
     dirty_transactions: BTreeSet<Uuid>,
     dirty_transfers: BTreeSet<Uuid>,
+    /// API keys the batch refers to (by id or secret hash), with their hashes.
+    api_keys: HashMap<Uuid, (ApiKey, Vec<u8>)>,
+    /// Whether any API key existed when the batch started.
+    any_api_key: bool,
+    new_api_keys: Vec<Uuid>,
+    revoked_api_keys: Vec<Uuid>,
 }
 
 struct Leg<'a> {
@@ -115,7 +133,23 @@ impl Working {
             dirty_accounts: BTreeSet::new(),
             dirty_transactions: BTreeSet::new(),
             dirty_transfers: BTreeSet::new(),
+            api_keys: HashMap::new(),
+            any_api_key: false,
+            new_api_keys: Vec::new(),
+            revoked_api_keys: Vec::new(),
         }
+    }
+
+    /// Adds the API keys the batch refers to (by id or by secret hash, with their hashes), and
+    /// whether any key exists at all.
+    pub fn with_api_keys(
+        mut self,
+        keys: impl IntoIterator<Item = (ApiKey, Vec<u8>)>,
+        any_api_key: bool,
+    ) -> Self {
+        self.api_keys = keys.into_iter().map(|k| (k.0.id, k)).collect();
+        self.any_api_key = any_api_key;
+        self
     }
 
     pub fn account(&self, id: &Uuid) -> Option<&Account> {
@@ -179,6 +213,8 @@ impl Working {
             Command::TransferBatch { items, atomic } => {
                 Ok(Effect::Batch(self.transfer_batch(scope, items, *atomic)))
             }
+            Command::CreateApiKey(new) => self.create_api_key(scope, new).map(Effect::ApiKey),
+            Command::RevokeApiKey { key_id } => self.revoke_api_key(*key_id).map(Effect::ApiKey),
         }
     }
 
@@ -220,6 +256,16 @@ impl Working {
             .filter(|id| !new_tr.contains(id))
             .filter_map(|id| self.transfers.get(id).cloned())
             .collect();
+        let new_api_keys = self
+            .new_api_keys
+            .iter()
+            .filter_map(|id| self.api_keys.get(id).cloned())
+            .collect();
+        let revoked_api_keys = self
+            .revoked_api_keys
+            .iter()
+            .filter_map(|id| self.api_keys.get(id).map(|k| k.0.clone()))
+            .collect();
         Changes {
             new_accounts,
             updated_accounts,
@@ -227,6 +273,9 @@ impl Working {
             updated_transactions,
             new_transfers,
             updated_transfers,
+            new_api_keys,
+            revoked_api_keys,
+            audit_events: Vec::new(),
         }
     }
 
@@ -846,6 +895,58 @@ impl Working {
             &spec.reference,
             None,
         ))
+    }
+
+    // ----- API keys -----------------------------------------------------------------------
+
+    fn create_api_key(&mut self, scope: &Scope, new: &NewApiKey) -> Result<ApiKey, LedgerError> {
+        if let Some((existing, _)) = self
+            .api_keys
+            .values()
+            .find(|(_, hash)| *hash == new.secret_hash)
+        {
+            // Revocation is final: a revoked secret never works again.
+            return match existing.revoked_at {
+                None => Ok(existing.clone()),
+                Some(_) => Err(LedgerError::InvalidState(
+                    "the API key with this secret was revoked",
+                )),
+            };
+        }
+        if new.only_if_none && (self.any_api_key || !self.new_api_keys.is_empty()) {
+            return Err(LedgerError::InvalidState("an API key already exists"));
+        }
+        for id in new.account_ids.iter().flatten() {
+            self.find_account(scope, *id)?;
+        }
+        let key = ApiKey {
+            id: new.id,
+            name: new.name.clone(),
+            role: new.role.clone(),
+            account_ids: new.account_ids.clone(),
+            created_at: self.now,
+            revoked_at: None,
+        };
+        self.api_keys
+            .insert(key.id, (key.clone(), new.secret_hash.clone()));
+        self.new_api_keys.push(key.id);
+        Ok(key)
+    }
+
+    fn revoke_api_key(&mut self, key_id: Uuid) -> Result<ApiKey, LedgerError> {
+        let Some((key, _)) = self
+            .api_keys
+            .get_mut(&key_id)
+            .filter(|(k, _)| k.revoked_at.is_none())
+        else {
+            return Err(LedgerError::NotFound("api key"));
+        };
+        key.revoked_at = Some(self.now);
+        let key = key.clone();
+        if !self.new_api_keys.contains(&key_id) {
+            self.revoked_api_keys.push(key_id);
+        }
+        Ok(key)
     }
 
     fn transfer_batch(

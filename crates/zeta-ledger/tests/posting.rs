@@ -563,6 +563,7 @@ impl Sim {
             Envelope {
                 command,
                 scope: self.scope(step.hide),
+                actor: None,
             },
             if_match,
         )
@@ -774,6 +775,8 @@ fn predict(command: &Command, scope: &Scope, db: &Db) -> Result<(), LedgerError>
         }
         Command::Transfer(spec) => predict_transfer(spec, scope, db),
         Command::TransferBatch { .. } => Ok(()),
+        // The generator makes no API-key commands.
+        Command::CreateApiKey(_) | Command::RevokeApiKey { .. } => Ok(()),
     }
 }
 
@@ -1052,6 +1055,7 @@ fn check_batch(
             BatchItem::Valid(spec) => match replay.apply(&Envelope {
                 command: Command::Transfer(spec.clone()),
                 scope: scope.clone(),
+                actor: None,
             }) {
                 Ok(Effect::Transfer(view)) => ItemResult::Done(view),
                 Ok(other) => fail!("a transfer produced {other:?}"),
@@ -1820,6 +1824,7 @@ fn plain(command: Command) -> Envelope {
     Envelope {
         command,
         scope: None,
+        actor: None,
     }
 }
 

@@ -30,10 +30,11 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Postgres, Row};
 use time::OffsetDateTime;
 use uuid::Uuid;
+use zeta_ledger::audit::{AuditEvent, ChainHead};
 use zeta_ledger::{Account, Changes, Transaction, Transfer, TransferView};
 use zeta_store::{
-    AccountFilter, ApiKeyRecord, IdempotencyRecord, LedgerTx, Store, StoreError, StoreResult,
-    TransactionFilter, VerifyReport,
+    AccountFilter, ApiKeyRecord, IdempotencyRecord, KeyRefs, LedgerTx, Store, StoreError,
+    StoreResult, TransactionFilter, VerifyReport,
 };
 
 use rows::{account_from_row, idempotency_from_row, transaction_from_row, transfer_from_row};
@@ -70,6 +71,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "ledger commits",
         include_str!("../migrations/0002_ledger_commits.sql"),
     ),
+    (
+        3,
+        "audit events",
+        include_str!("../migrations/0003_audit_events.sql"),
+    ),
 ];
 
 /// Maps a driver error to what the caller should do about it.
@@ -85,7 +91,12 @@ pub(crate) fn classify(err: sqlx::Error) -> StoreError {
                 "23505"
                     if matches!(
                         db.constraint(),
-                        Some("idempotency_keys_pkey" | "accounts_account_number_key")
+                        Some(
+                            "idempotency_keys_pkey"
+                                | "accounts_account_number_key"
+                                | "audit_events_pkey"
+                                | "api_keys_secret_hash_key"
+                        )
                     ) =>
                 {
                     StoreError::Conflict(code.into_owned())
@@ -343,46 +354,21 @@ impl Store for PgStore {
         .transpose()
     }
 
-    async fn insert_api_key(
-        &self,
-        key: &ApiKeyRecord,
-        secret_hash: &[u8],
-        if_none_exist: bool,
-    ) -> StoreResult<bool> {
-        // SERIALIZABLE makes "insert only when the table is empty" safe against a second
-        // instance starting at the same moment.
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN ISOLATION LEVEL SERIALIZABLE")
-            .await
-            .map_err(classify)?;
-        if if_none_exist {
-            let any = sqlx::query("SELECT EXISTS (SELECT 1 FROM api_keys)")
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(classify)?
-                .try_get::<bool, _>(0)
-                .map_err(classify)?;
-            if any {
-                return Ok(false);
-            }
-        }
-        let inserted = sqlx::query(
-            "INSERT INTO api_keys (id, name, role, account_ids, secret_hash, created_at)
-             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (secret_hash) DO NOTHING",
+    async fn list_api_keys(&self) -> StoreResult<Vec<ApiKeyRecord>> {
+        sqlx::query(
+            "SELECT id, name, role, account_ids, created_at, revoked_at
+               FROM api_keys WHERE revoked_at IS NULL ORDER BY created_at, id",
         )
-        .bind(key.id)
-        .bind(&key.name)
-        .bind(&key.role)
-        .bind(&key.account_ids)
-        .bind(secret_hash)
-        .bind(key.created_at)
-        .execute(&mut *tx)
+        .fetch_all(&self.pool)
         .await
         .map_err(classify)?
-        .rows_affected();
-        tx.commit().await.map_err(classify)?;
-        Ok(inserted == 1)
+        .iter()
+        .map(rows::api_key_from_row)
+        .collect()
+    }
+
+    async fn list_audit_events(&self, after_seq: i64, limit: u32) -> StoreResult<Vec<AuditEvent>> {
+        rows::audit_events(&self.pool, after_seq, limit).await
     }
 
     async fn verify(&self) -> StoreResult<VerifyReport> {
@@ -529,6 +515,42 @@ impl LedgerTx for PgLedgerTx {
         .iter()
         .map(account_from_row)
         .collect()
+    }
+
+    async fn api_keys(&mut self, ids: &[Uuid], secret_hashes: &[Vec<u8>]) -> StoreResult<KeyRefs> {
+        let keys = sqlx::query(
+            "SELECT id, name, role, account_ids, created_at, revoked_at, secret_hash
+               FROM api_keys
+              WHERE id = ANY($1) OR secret_hash = ANY($2)",
+        )
+        .bind(ids)
+        .bind(secret_hashes)
+        .fetch_all(&mut *self.tx)
+        .await
+        .map_err(classify)?
+        .iter()
+        .map(|row| {
+            Ok((
+                rows::api_key_from_row(row)?,
+                row.try_get("secret_hash").map_err(classify)?,
+            ))
+        })
+        .collect::<StoreResult<Vec<_>>>()?;
+        let any = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM api_keys)")
+            .fetch_one(&mut *self.tx)
+            .await
+            .map_err(classify)?;
+        Ok(KeyRefs { keys, any })
+    }
+
+    async fn audit_head(&mut self) -> StoreResult<Option<ChainHead>> {
+        sqlx::query_as::<_, (i64, String)>(
+            "SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1",
+        )
+        .fetch_optional(&mut *self.tx)
+        .await
+        .map_err(classify)
+        .map(|head| head.map(|(seq, hash)| ChainHead { seq, hash }))
     }
 
     async fn taken_account_numbers(&mut self, numbers: &[String]) -> StoreResult<Vec<String>> {

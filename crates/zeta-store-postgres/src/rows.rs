@@ -4,6 +4,7 @@ use serde_json::Value;
 use sqlx::postgres::PgRow;
 use sqlx::{Postgres, Row};
 use uuid::Uuid;
+use zeta_ledger::audit::{AuditEvent, canonical_json};
 use zeta_ledger::{
     Account, AccountStatus, Changes, Currency, FailureReason, Transaction, TransactionStatus,
     TransactionType, Transfer, TransferStatus, TransferView,
@@ -137,6 +138,72 @@ pub(crate) fn api_key_from_row(row: &PgRow) -> StoreResult<ApiKeyRecord> {
     })
 }
 
+/// Audit events with `seq > after_seq`, ascending, at most `limit`.
+pub(crate) async fn audit_events<'e, E: sqlx::PgExecutor<'e>>(
+    executor: E,
+    after_seq: i64,
+    limit: u32,
+) -> StoreResult<Vec<AuditEvent>> {
+    sqlx::query(
+        "SELECT seq, at, actor_key_id, request_id, action, resource_type, resource_id, details,
+                prev_hash, hash
+           FROM audit_events WHERE seq > $1 ORDER BY seq LIMIT $2",
+    )
+    .bind(after_seq)
+    .bind(i64::from(limit))
+    .fetch_all(executor)
+    .await
+    .map_err(classify)?
+    .iter()
+    .map(|row| {
+        let details: String = get(row, "details")?;
+        Ok(AuditEvent {
+            seq: get(row, "seq")?,
+            at: get(row, "at")?,
+            actor_key_id: get(row, "actor_key_id")?,
+            request_id: get(row, "request_id")?,
+            action: get(row, "action")?,
+            resource_type: get(row, "resource_type")?,
+            resource_id: get(row, "resource_id")?,
+            details: serde_json::from_str(&details).map_err(|_| corrupt("details", &details))?,
+            prev_hash: get(row, "prev_hash")?,
+            hash: get(row, "hash")?,
+        })
+    })
+    .collect()
+}
+
+/// New and revoked API keys (rare: separate statements, only when there are any).
+async fn write_api_keys(
+    tx: &mut sqlx::Transaction<'static, Postgres>,
+    c: &Changes,
+) -> StoreResult<()> {
+    for (key, hash) in &c.new_api_keys {
+        sqlx::query(
+            "INSERT INTO api_keys (id, name, role, account_ids, secret_hash, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(key.id)
+        .bind(&key.name)
+        .bind(&key.role)
+        .bind(&key.account_ids)
+        .bind(hash)
+        .bind(key.created_at)
+        .execute(&mut **tx)
+        .await
+        .map_err(classify)?;
+    }
+    for key in &c.revoked_api_keys {
+        sqlx::query("UPDATE api_keys SET revoked_at = $2 WHERE id = $1")
+            .bind(key.id)
+            .bind(key.revoked_at)
+            .execute(&mut **tx)
+            .await
+            .map_err(classify)?;
+    }
+    Ok(())
+}
+
 /// Writes a whole batch — new and changed accounts, transfers and transactions, idempotency
 /// records and the batch marker — in ONE statement of data-modifying CTEs: one round trip
 /// whatever the batch size. Empty arrays make their part a no-op. Foreign keys are checked at
@@ -151,6 +218,10 @@ pub(crate) async fn write_changes(
     let (nt, ut) = (&c.new_transfers, &c.updated_transfers);
     let (nx, ux) = (&c.new_transactions, &c.updated_transactions);
     let i = idempotency;
+    let e = &c.audit_events;
+    if !c.new_api_keys.is_empty() || !c.revoked_api_keys.is_empty() {
+        write_api_keys(tx, c).await?;
+    }
     sqlx::query(
         "WITH
          new_accounts AS (
@@ -204,7 +275,13 @@ pub(crate) async fn write_changes(
            SELECT * FROM unnest($66::uuid[], $67::text[], $68::bytea[], $69::int2[],
                                 $70::bytea[], $71::timestamptz[])),
          marker AS (
-           INSERT INTO ledger_commits (id) SELECT $72::uuid WHERE $72::uuid IS NOT NULL)
+           INSERT INTO ledger_commits (id) SELECT $72::uuid WHERE $72::uuid IS NOT NULL),
+         audit AS (
+           INSERT INTO audit_events (seq, at, actor_key_id, request_id, action, resource_type,
+                                     resource_id, details, prev_hash, hash)
+           SELECT * FROM unnest($73::int8[], $74::timestamptz[], $75::uuid[], $76::text[],
+                                $77::text[], $78::text[], $79::uuid[], $80::text[], $81::text[],
+                                $82::text[]))
          SELECT 1",
     )
     // new accounts
@@ -330,6 +407,29 @@ pub(crate) async fn write_changes(
     .bind(i.iter().map(|x| x.body.as_slice()).collect::<Vec<_>>())
     .bind(i.iter().map(|x| x.created_at).collect::<Vec<_>>())
     .bind(batch_id)
+    // audit events
+    .bind(e.iter().map(|x| x.seq).collect::<Vec<_>>())
+    .bind(e.iter().map(|x| x.at).collect::<Vec<_>>())
+    .bind(e.iter().map(|x| x.actor_key_id).collect::<Vec<_>>())
+    .bind(
+        e.iter()
+            .map(|x| x.request_id.as_deref())
+            .collect::<Vec<_>>(),
+    )
+    .bind(e.iter().map(|x| x.action.as_str()).collect::<Vec<_>>())
+    .bind(
+        e.iter()
+            .map(|x| x.resource_type.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(e.iter().map(|x| x.resource_id).collect::<Vec<_>>())
+    .bind(
+        e.iter()
+            .map(|x| canonical_json(&x.details))
+            .collect::<Vec<_>>(),
+    )
+    .bind(e.iter().map(|x| x.prev_hash.as_str()).collect::<Vec<_>>())
+    .bind(e.iter().map(|x| x.hash.as_str()).collect::<Vec<_>>())
     .execute(&mut **tx)
     .await
     .map_err(classify)?;

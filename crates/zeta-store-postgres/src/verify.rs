@@ -1,6 +1,7 @@
 //! `zeta verify` on PostgreSQL: every invariant of the API recomputed in SQL on one snapshot.
 
 use sqlx::{PgPool, Row};
+use zeta_ledger::audit::{ChainHead, check_chain};
 use zeta_store::{StoreResult, VerifyReport};
 
 use crate::classify;
@@ -62,6 +63,9 @@ const CHECKS: &[(&str, &str)] = &[
     ),
 ];
 
+/// Audit events checked per round trip.
+const AUDIT_PAGE: u32 = 10_000;
+
 pub(crate) async fn run(pool: &PgPool) -> StoreResult<VerifyReport> {
     let mut tx = pool
         .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
@@ -69,7 +73,8 @@ pub(crate) async fn run(pool: &PgPool) -> StoreResult<VerifyReport> {
         .map_err(classify)?;
     let totals = sqlx::query(
         "SELECT (SELECT count(*) FROM accounts), (SELECT count(*) FROM transactions),
-                (SELECT COALESCE(SUM(balance), 0)::text FROM accounts)",
+                (SELECT COALESCE(SUM(balance), 0)::text FROM accounts),
+                (SELECT count(*) FROM audit_events)",
     )
     .fetch_one(&mut *tx)
     .await
@@ -77,6 +82,7 @@ pub(crate) async fn run(pool: &PgPool) -> StoreResult<VerifyReport> {
     let mut report = VerifyReport {
         accounts: totals.try_get(0).map_err(classify)?,
         transactions: totals.try_get(1).map_err(classify)?,
+        audit_events: totals.try_get(3).map_err(classify)?,
         total_balance: totals
             .try_get::<String, _>(2)
             .map_err(classify)?
@@ -93,6 +99,21 @@ pub(crate) async fn run(pool: &PgPool) -> StoreResult<VerifyReport> {
             let kind: String = row.try_get(0).map_err(classify)?;
             let id: String = row.try_get(1).map_err(classify)?;
             report.problems.push(format!("{kind} {id}: {what}"));
+        }
+    }
+    // The audit hash chain, page by page in `seq` order; the first broken link is named.
+    let mut head = ChainHead::genesis();
+    loop {
+        let page = crate::rows::audit_events(&mut *tx, head.seq, AUDIT_PAGE).await?;
+        if page.is_empty() {
+            break;
+        }
+        match check_chain(&head, &page) {
+            Ok(next) => head = next,
+            Err(problem) => {
+                report.problems.push(problem);
+                break;
+            }
         }
     }
     tx.commit().await.map_err(classify)?;

@@ -48,14 +48,15 @@ use sqlx::sqlite::{
 use sqlx::{QueryBuilder, Row, SqlSafeStr as _, Sqlite};
 use time::OffsetDateTime;
 use uuid::Uuid;
+use zeta_ledger::audit::{AuditEvent, ChainHead};
 use zeta_ledger::{Account, Changes, Transaction, Transfer, TransferView};
 use zeta_store::{
-    AccountFilter, ApiKeyRecord, IdempotencyRecord, LedgerTx, Store, StoreError, StoreResult,
-    TransactionFilter, VerifyReport,
+    AccountFilter, ApiKeyRecord, IdempotencyRecord, KeyRefs, LedgerTx, Store, StoreError,
+    StoreResult, TransactionFilter, VerifyReport,
 };
 
 use rows::{
-    account_from_row, id, id_list, idempotency_from_row, micros_bound, micros_of,
+    account_from_row, api_key_from_row, id, id_list, idempotency_from_row, micros_bound,
     transaction_from_row, transfer_from_row,
 };
 
@@ -83,8 +84,14 @@ pub struct SqliteStore {
     pool: SqlitePool,
 }
 
-const MIGRATIONS: &[(i64, &str, &str)] =
-    &[(1, "ledger", include_str!("../migrations/0001_ledger.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "ledger", include_str!("../migrations/0001_ledger.sql")),
+    (
+        2,
+        "audit events",
+        include_str!("../migrations/0002_audit_events.sql"),
+    ),
+];
 
 /// `UNIQUE constraint failed: …` messages of the keys a concurrent writer may have taken: the
 /// retry's pre-checks see them and answer properly. (SQLite reports no constraint name, only the
@@ -92,6 +99,8 @@ const MIGRATIONS: &[(i64, &str, &str)] =
 const CONFLICT_KEYS: &[&str] = &[
     "UNIQUE constraint failed: idempotency_keys.api_key_id, idempotency_keys.key",
     "UNIQUE constraint failed: accounts.account_number",
+    "UNIQUE constraint failed: audit_events.seq",
+    "UNIQUE constraint failed: api_keys.secret_hash",
 ];
 
 /// SQLITE_BUSY and SQLITE_LOCKED, the primary codes of every extended code for "someone else
@@ -381,48 +390,21 @@ impl Store for SqliteStore {
         .transpose()
     }
 
-    async fn insert_api_key(
-        &self,
-        key: &ApiKeyRecord,
-        secret_hash: &[u8],
-        if_none_exist: bool,
-    ) -> StoreResult<bool> {
-        let account_ids = key.account_ids.as_deref().map(id_list).transpose()?;
-        let created_at = micros_of(key.created_at)?;
-        // IMMEDIATE takes the write lock before the emptiness check, so "insert only when the
-        // table is empty" is safe against a second instance starting at the same moment.
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(classify)?;
-        if if_none_exist {
-            let any = sqlx::query("SELECT EXISTS (SELECT 1 FROM api_keys)")
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(classify)?
-                .try_get::<bool, _>(0)
-                .map_err(classify)?;
-            if any {
-                return Ok(false);
-            }
-        }
-        let inserted = sqlx::query(
-            "INSERT INTO api_keys (id, name, role, account_ids, secret_hash, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (secret_hash) DO NOTHING",
+    async fn list_api_keys(&self) -> StoreResult<Vec<ApiKeyRecord>> {
+        sqlx::query(
+            "SELECT id, name, role, account_ids, created_at, revoked_at
+               FROM api_keys WHERE revoked_at IS NULL ORDER BY created_at, id",
         )
-        .bind(id(key.id))
-        .bind(&key.name)
-        .bind(&key.role)
-        .bind(account_ids)
-        .bind(secret_hash)
-        .bind(created_at)
-        .execute(&mut *tx)
+        .fetch_all(&self.pool)
         .await
         .map_err(classify)?
-        .rows_affected();
-        tx.commit().await.map_err(classify)?;
-        Ok(inserted == 1)
+        .iter()
+        .map(rows::api_key_from_row)
+        .collect()
+    }
+
+    async fn list_audit_events(&self, after_seq: i64, limit: u32) -> StoreResult<Vec<AuditEvent>> {
+        rows::audit_events(&self.pool, after_seq, limit).await
     }
 
     async fn verify(&self) -> StoreResult<VerifyReport> {
@@ -553,6 +535,55 @@ impl LedgerTx for SqliteLedgerTx {
         .iter()
         .map(account_from_row)
         .collect()
+    }
+
+    async fn api_keys(&mut self, ids: &[Uuid], secret_hashes: &[Vec<u8>]) -> StoreResult<KeyRefs> {
+        let mut keys = Vec::new();
+        for row in sqlx::query(
+            "SELECT id, name, role, account_ids, created_at, revoked_at, secret_hash
+               FROM api_keys WHERE id IN (SELECT value FROM json_each(?1))",
+        )
+        .bind(id_list(ids)?)
+        .fetch_all(&mut *self.tx)
+        .await
+        .map_err(classify)?
+        {
+            keys.push((
+                api_key_from_row(&row)?,
+                row.try_get("secret_hash").map_err(classify)?,
+            ));
+        }
+        for hash in secret_hashes {
+            if let Some(row) = sqlx::query(
+                "SELECT id, name, role, account_ids, created_at, revoked_at, secret_hash
+                   FROM api_keys WHERE secret_hash = ?1",
+            )
+            .bind(hash.as_slice())
+            .fetch_optional(&mut *self.tx)
+            .await
+            .map_err(classify)?
+            {
+                keys.push((
+                    api_key_from_row(&row)?,
+                    row.try_get("secret_hash").map_err(classify)?,
+                ));
+            }
+        }
+        let any = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM api_keys)")
+            .fetch_one(&mut *self.tx)
+            .await
+            .map_err(classify)?;
+        Ok(KeyRefs { keys, any })
+    }
+
+    async fn audit_head(&mut self) -> StoreResult<Option<ChainHead>> {
+        sqlx::query_as::<_, (i64, String)>(
+            "SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1",
+        )
+        .fetch_optional(&mut *self.tx)
+        .await
+        .map_err(classify)
+        .map(|head| head.map(|(seq, hash)| ChainHead { seq, hash }))
     }
 
     async fn taken_account_numbers(&mut self, numbers: &[String]) -> StoreResult<Vec<String>> {

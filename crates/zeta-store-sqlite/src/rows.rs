@@ -6,6 +6,7 @@ use sqlx::{QueryBuilder, Row, Sqlite};
 use time::OffsetDateTime;
 use uuid::Uuid;
 use uuid::fmt::Hyphenated;
+use zeta_ledger::audit::{AuditEvent, canonical_json};
 use zeta_ledger::{
     Account, AccountStatus, Changes, Currency, FailureReason, Transaction, TransactionStatus,
     TransactionType, Transfer, TransferStatus, TransferView,
@@ -202,6 +203,41 @@ pub(crate) fn api_key_from_row(row: &SqliteRow) -> StoreResult<ApiKeyRecord> {
         created_at: get_time(row, "created_at")?,
         revoked_at: get_opt_time(row, "revoked_at")?,
     })
+}
+
+/// Audit events with `seq > after_seq`, ascending, at most `limit`.
+pub(crate) async fn audit_events<'e, E: sqlx::SqliteExecutor<'e>>(
+    executor: E,
+    after_seq: i64,
+    limit: u32,
+) -> StoreResult<Vec<AuditEvent>> {
+    sqlx::query(
+        "SELECT seq, at, actor_key_id, request_id, action, resource_type, resource_id, details,
+                prev_hash, hash
+           FROM audit_events WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+    )
+    .bind(after_seq)
+    .bind(i64::from(limit))
+    .fetch_all(executor)
+    .await
+    .map_err(classify)?
+    .iter()
+    .map(|row| {
+        let details: String = get(row, "details")?;
+        Ok(AuditEvent {
+            seq: get(row, "seq")?,
+            at: get_time(row, "at")?,
+            actor_key_id: get_opt_id(row, "actor_key_id")?,
+            request_id: get(row, "request_id")?,
+            action: get(row, "action")?,
+            resource_type: get(row, "resource_type")?,
+            resource_id: get_id(row, "resource_id")?,
+            details: serde_json::from_str(&details).map_err(|_| corrupt("details", &details))?,
+            prev_hash: get(row, "prev_hash")?,
+            hash: get(row, "hash")?,
+        })
+    })
+    .collect()
 }
 
 // ---- writes ----------------------------------------------------------------------------------
@@ -440,6 +476,56 @@ pub(crate) async fn write_changes(
         .execute(&mut **tx)
         .await
         .map_err(classify)?;
+    }
+    for (key, hash) in &c.new_api_keys {
+        sqlx::query(
+            "INSERT INTO api_keys (id, name, role, account_ids, secret_hash, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )
+        .bind(id(key.id))
+        .bind(&key.name)
+        .bind(&key.role)
+        .bind(key.account_ids.as_deref().map(id_list).transpose()?)
+        .bind(hash.as_slice())
+        .bind(micros_of(key.created_at)?)
+        .execute(&mut **tx)
+        .await
+        .map_err(classify)?;
+    }
+    for key in &c.revoked_api_keys {
+        sqlx::query("UPDATE api_keys SET revoked_at = ?2 WHERE id = ?1")
+            .bind(id(key.id))
+            .bind(opt_micros(key.revoked_at)?)
+            .execute(&mut **tx)
+            .await
+            .map_err(classify)?;
+    }
+    if !c.audit_events.is_empty() {
+        let rows = c
+            .audit_events
+            .iter()
+            .map(|e| Ok((e, micros_of(e.at)?, canonical_json(&e.details))))
+            .collect::<StoreResult<Vec<_>>>()?;
+        insert_chunks(
+            tx,
+            "INSERT INTO audit_events (seq, at, actor_key_id, request_id, action, \
+             resource_type, resource_id, details, prev_hash, hash) ",
+            10,
+            &rows,
+            |b, (e, at, details)| {
+                b.push_bind(e.seq)
+                    .push_bind(*at)
+                    .push_bind(e.actor_key_id.map(id))
+                    .push_bind(e.request_id.as_deref())
+                    .push_bind(e.action.as_str())
+                    .push_bind(e.resource_type.as_str())
+                    .push_bind(id(e.resource_id))
+                    .push_bind(details.as_str())
+                    .push_bind(e.prev_hash.as_str())
+                    .push_bind(e.hash.as_str());
+            },
+        )
+        .await?;
     }
     if !idempotency.is_empty() {
         let rows = idempotency

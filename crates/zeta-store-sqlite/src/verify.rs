@@ -9,6 +9,7 @@
 //! stored balance.
 
 use sqlx::{Row, SqlitePool};
+use zeta_ledger::audit::{ChainHead, check_chain};
 use zeta_store::{StoreResult, VerifyReport};
 
 use crate::classify;
@@ -75,13 +76,17 @@ const CHECKS: &[(&str, &str)] = &[
     ),
 ];
 
+/// Audit events checked per round trip.
+const AUDIT_PAGE: u32 = 10_000;
+
 pub(crate) async fn run(pool: &SqlitePool) -> StoreResult<VerifyReport> {
     // A deferred transaction: its first read fixes the snapshot every later check sees.
     let mut tx = pool.begin().await.map_err(classify)?;
     let totals = sqlx::query(
         "SELECT (SELECT count(*) FROM accounts), (SELECT count(*) FROM transactions),
                 (SELECT COALESCE(SUM(balance >> 32), 0) FROM accounts),
-                (SELECT COALESCE(SUM(balance & 4294967295), 0) FROM accounts)",
+                (SELECT COALESCE(SUM(balance & 4294967295), 0) FROM accounts),
+                (SELECT count(*) FROM audit_events)",
     )
     .fetch_one(&mut *tx)
     .await
@@ -91,6 +96,7 @@ pub(crate) async fn run(pool: &SqlitePool) -> StoreResult<VerifyReport> {
     let mut report = VerifyReport {
         accounts: totals.try_get(0).map_err(classify)?,
         transactions: totals.try_get(1).map_err(classify)?,
+        audit_events: totals.try_get(4).map_err(classify)?,
         // |high| < 2^63 and 0 <= low < 2^63, so this cannot overflow i128.
         total_balance: i128::from(high) * (1_i128 << 32) + i128::from(low),
         problems: Vec::new(),
@@ -104,6 +110,21 @@ pub(crate) async fn run(pool: &SqlitePool) -> StoreResult<VerifyReport> {
             let kind: String = row.try_get(0).map_err(classify)?;
             let id: String = row.try_get(1).map_err(classify)?;
             report.problems.push(format!("{kind} {id}: {what}"));
+        }
+    }
+    // The audit hash chain, page by page in `seq` order; the first broken link is named.
+    let mut head = ChainHead::genesis();
+    loop {
+        let page = crate::rows::audit_events(&mut *tx, head.seq, AUDIT_PAGE).await?;
+        if page.is_empty() {
+            break;
+        }
+        match check_chain(&head, &page) {
+            Ok(next) => head = next,
+            Err(problem) => {
+                report.problems.push(problem);
+                break;
+            }
         }
     }
     tx.commit().await.map_err(classify)?;

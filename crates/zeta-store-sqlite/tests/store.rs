@@ -12,7 +12,7 @@ use uuid::Uuid;
 use zeta_engine::{Engine, EngineSettings, Reply};
 use zeta_ledger::{
     Account, AccountPatch, AccountStatus, Amount, Changes, Command, Effect, Envelope,
-    FailureReason, LedgerError, NewAccount, Outcome, Transaction, TransactionStatus,
+    FailureReason, LedgerError, NewAccount, NewApiKey, Outcome, Transaction, TransactionStatus,
     TransactionType, Transfer, TransferSpec, TransferStatus, Working, now_micros,
 };
 use zeta_store::{
@@ -60,6 +60,7 @@ fn env(command: Command) -> Envelope {
     Envelope {
         command,
         scope: None,
+        actor: None,
     }
 }
 
@@ -820,84 +821,149 @@ async fn a_second_writer_waits_then_gets_unavailable() {
     other.begin().await.expect("free again");
 }
 
-#[tokio::test]
-async fn api_keys_insert_find_and_bootstrap() {
-    let db = TempDb::new();
-    let store = open(&db).await;
-    let key = |role: &str, account_ids: Option<Vec<Uuid>>| ApiKeyRecord {
+/// The outcome of one command run through an engine.
+async fn outcome_of(engine: &Engine, command: Command) -> Outcome {
+    match engine.submit(env(command), None).await.expect("engine") {
+        Reply::Applied { outcome, .. } => outcome,
+        other => panic!("unexpected reply {other:?}"),
+    }
+}
+
+fn new_key(role: &str, hash: &[u8], only_if_none: bool, account_ids: Option<Vec<Uuid>>) -> Command {
+    Command::CreateApiKey(NewApiKey {
         id: Uuid::now_v7(),
         name: format!("{role} key"),
         role: role.to_owned(),
         account_ids,
-        created_at: now_micros(),
-        revoked_at: None,
-    };
-    let admin = key("admin", None);
-    assert!(
-        store
-            .insert_api_key(&admin, b"hash-admin", true)
-            .await
-            .unwrap()
-    );
-    // Bootstrap again: the table is not empty.
-    assert!(
-        !store
-            .insert_api_key(&key("admin", None), b"hash-other", true)
-            .await
-            .unwrap()
-    );
-    assert_eq!(store.find_api_key(b"hash-other").await.unwrap(), None);
+        secret_hash: hash.to_vec(),
+        only_if_none,
+    })
+}
 
-    let scoped = key("viewer", Some(vec![Uuid::now_v7(), Uuid::now_v7()]));
-    assert!(
-        store
-            .insert_api_key(&scoped, b"hash-viewer", false)
-            .await
-            .unwrap()
-    );
-    let empty_scope = key("operator", Some(Vec::new()));
-    assert!(
-        store
-            .insert_api_key(&empty_scope, b"hash-op", false)
-            .await
-            .unwrap()
-    );
-    // The same secret hash twice: nothing inserted.
-    assert!(
-        !store
-            .insert_api_key(&key("admin", None), b"hash-viewer", false)
-            .await
-            .unwrap()
-    );
+fn key_of(outcome: Outcome) -> ApiKeyRecord {
+    match outcome {
+        Ok(Effect::ApiKey(key)) => key,
+        other => panic!("expected an API key, got {other:?}"),
+    }
+}
 
+#[tokio::test]
+async fn api_keys_and_their_audit_chain() {
+    let db = TempDb::new();
+    let store = Arc::new(open(&db).await);
+    let engine = Engine::start(store.clone(), EngineSettings::default());
+
+    // First start: created only when no key exists.
+    let admin = key_of(outcome_of(&engine, new_key("admin", b"hash-admin", true, None)).await);
+    assert_eq!(
+        outcome_of(&engine, new_key("admin", b"hash-other", true, None)).await,
+        Err(LedgerError::InvalidState("an API key already exists"))
+    );
+    // The same secret again: the existing key, nothing created.
+    let again = key_of(outcome_of(&engine, new_key("admin", b"hash-admin", false, None)).await);
+    assert_eq!(again, admin);
+    // A scope must name existing accounts.
+    assert_eq!(
+        outcome_of(
+            &engine,
+            new_key("viewer", b"hash-v", false, Some(vec![Uuid::now_v7()]))
+        )
+        .await,
+        Err(LedgerError::NotFound("account"))
+    );
+    let account = account_of(outcome_of(&engine, new_account(None, "Scoped", "EUR")).await);
+    let viewer = key_of(
+        outcome_of(
+            &engine,
+            new_key("viewer", b"hash-v", false, Some(vec![account.id])),
+        )
+        .await,
+    );
+    assert_eq!(viewer.account_ids, Some(vec![account.id]));
     assert_eq!(
         store.find_api_key(b"hash-admin").await.unwrap(),
         Some(admin.clone())
     );
     assert_eq!(
-        store.find_api_key(b"hash-viewer").await.unwrap(),
-        Some(scoped)
-    );
-    assert_eq!(
-        store.find_api_key(b"hash-op").await.unwrap(),
-        Some(empty_scope)
+        store.find_api_key(b"hash-v").await.unwrap(),
+        Some(viewer.clone())
     );
     assert_eq!(store.find_api_key(b"nope").await.unwrap(), None);
+    assert_eq!(
+        store.list_api_keys().await.unwrap(),
+        vec![admin.clone(), viewer.clone()]
+    );
 
-    // A revoked key is not found.
-    sqlx::query("UPDATE api_keys SET revoked_at = ?1 WHERE id = ?2")
-        .bind(1_i64)
-        .bind(admin.id.hyphenated())
+    // Revocation: gone at once, final, and a second revocation finds nothing.
+    let revoked = key_of(outcome_of(&engine, Command::RevokeApiKey { key_id: viewer.id }).await);
+    assert!(revoked.revoked_at.is_some());
+    assert_eq!(store.find_api_key(b"hash-v").await.unwrap(), None);
+    assert_eq!(store.list_api_keys().await.unwrap(), vec![admin.clone()]);
+    assert_eq!(
+        outcome_of(&engine, Command::RevokeApiKey { key_id: viewer.id }).await,
+        Err(LedgerError::NotFound("api key"))
+    );
+    assert_eq!(
+        outcome_of(&engine, new_key("viewer", b"hash-v", false, None)).await,
+        Err(LedgerError::InvalidState(
+            "the API key with this secret was revoked"
+        ))
+    );
+    engine.shutdown().await;
+
+    // Four changes, four chained events.
+    let events = store.list_audit_events(0, 100).await.unwrap();
+    let actions: Vec<&str> = events.iter().map(|e| e.action.as_str()).collect();
+    assert_eq!(
+        actions,
+        [
+            "api_key.create",
+            "account.create",
+            "api_key.create",
+            "api_key.revoke"
+        ]
+    );
+    assert_eq!(
+        events.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        [1, 2, 3, 4]
+    );
+    assert_eq!(events[0].prev_hash, zeta_ledger::audit::GENESIS_HASH);
+    assert_eq!(events[3].prev_hash, events[2].hash);
+    assert_eq!(events[2].resource_id, viewer.id);
+    assert_eq!(
+        events[2].details,
+        json!({"name": "viewer key", "role": "viewer", "account_ids": [account.id]})
+    );
+    assert_eq!(
+        store.list_audit_events(2, 1).await.unwrap(),
+        vec![events[2].clone()]
+    );
+    let clean = store.verify().await.unwrap();
+    assert_eq!(
+        (clean.audit_events, clean.problems.len()),
+        (4, 0),
+        "{:?}",
+        clean.problems
+    );
+
+    // An edited event is named by verify.
+    sqlx::query("UPDATE audit_events SET details = '{\"name\":\"x\"}' WHERE seq = 3")
         .execute(store.pool())
         .await
         .unwrap();
-    assert_eq!(store.find_api_key(b"hash-admin").await.unwrap(), None);
-    // A bad role is refused by the schema.
-    let err = store
-        .insert_api_key(&key("root", None), b"hash-root", false)
+    assert_eq!(
+        store.verify().await.unwrap().problems,
+        ["audit event seq 3: hash does not match its contents (the event was altered)"]
+    );
+    // A deleted one too.
+    sqlx::query("DELETE FROM audit_events WHERE seq = 2")
+        .execute(store.pool())
         .await
-        .unwrap_err();
-    assert!(matches!(err, StoreError::Other(_)), "{err:?}");
+        .unwrap();
+    assert_eq!(
+        store.verify().await.unwrap().problems,
+        ["audit event seq 3: expected seq 2 next (an event is missing or was inserted)"]
+    );
 }
 
 #[tokio::test]

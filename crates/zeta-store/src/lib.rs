@@ -4,9 +4,10 @@
 use async_trait::async_trait;
 use time::OffsetDateTime;
 use uuid::Uuid;
+use zeta_ledger::audit::{AuditEvent, ChainHead};
 use zeta_ledger::{
-    Account, AccountStatus, Changes, Transaction, TransactionStatus, TransactionType, Transfer,
-    TransferView,
+    Account, AccountStatus, ApiKey, Changes, Transaction, TransactionStatus, TransactionType,
+    Transfer, TransferView,
 };
 
 /// A storage failure, classified by what the caller should do about it.
@@ -46,14 +47,14 @@ pub struct IdempotencyRecord {
 }
 
 /// An API key as stored: never the secret, only its hash.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ApiKeyRecord {
-    pub id: Uuid,
-    pub name: String,
-    pub role: String,
-    pub account_ids: Option<Vec<Uuid>>,
-    pub created_at: OffsetDateTime,
-    pub revoked_at: Option<OffsetDateTime>,
+pub type ApiKeyRecord = ApiKey;
+
+/// The API keys a batch refers to, with their secret hashes.
+#[derive(Clone, Debug, Default)]
+pub struct KeyRefs {
+    pub keys: Vec<(ApiKey, Vec<u8>)>,
+    /// Whether any key (live or revoked) exists at all.
+    pub any: bool,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -84,6 +85,7 @@ pub struct TransactionFilter {
 pub struct VerifyReport {
     pub accounts: i64,
     pub transactions: i64,
+    pub audit_events: i64,
     pub total_balance: i128,
     pub problems: Vec<String>,
 }
@@ -113,14 +115,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// The live (not revoked) key with this secret hash.
     async fn find_api_key(&self, secret_hash: &[u8]) -> StoreResult<Option<ApiKeyRecord>>;
-    /// Inserts a key; with `if_none_exist`, only when the table is empty (returns false otherwise)
-    /// — and when a live key with the same hash exists, does nothing and returns false.
-    async fn insert_api_key(
-        &self,
-        key: &ApiKeyRecord,
-        secret_hash: &[u8],
-        if_none_exist: bool,
-    ) -> StoreResult<bool>;
+    /// The live keys, oldest first (keys are created and revoked by the engine).
+    async fn list_api_keys(&self) -> StoreResult<Vec<ApiKeyRecord>>;
+    /// Audit events with `seq > after_seq`, ascending, at most `limit`.
+    async fn list_audit_events(&self, after_seq: i64, limit: u32) -> StoreResult<Vec<AuditEvent>>;
 
     /// Recomputes every balance and checks the invariants on one consistent snapshot.
     async fn verify(&self) -> StoreResult<VerifyReport>;
@@ -159,6 +157,10 @@ pub trait LedgerTx: Send {
     ) -> StoreResult<(Vec<Transaction>, Vec<Transfer>)>;
     /// Locks the accounts (`ids` ascending, no duplicates) for the rest of the transaction.
     async fn lock_accounts(&mut self, ids: &[Uuid]) -> StoreResult<Vec<Account>>;
+    /// The keys with these ids or secret hashes (revoked ones too), and whether any key exists.
+    async fn api_keys(&mut self, ids: &[Uuid], secret_hashes: &[Vec<u8>]) -> StoreResult<KeyRefs>;
+    /// The last audit event (as this transaction sees it); `None` for an empty log.
+    async fn audit_head(&mut self) -> StoreResult<Option<ChainHead>>;
     /// Those of `numbers` that some account already has.
     async fn taken_account_numbers(&mut self, numbers: &[String]) -> StoreResult<Vec<String>>;
     async fn write(

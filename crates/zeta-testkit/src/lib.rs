@@ -16,9 +16,8 @@ use sqlx::Connection;
 use tower::ServiceExt;
 use uuid::Uuid;
 use zeta_api::AppState;
-use zeta_api::auth::{generate_secret, hash_secret};
 use zeta_engine::{Engine, EngineSettings};
-use zeta_store::{ApiKeyRecord, Store, VerifyReport};
+use zeta_store::{Store, VerifyReport};
 use zeta_store_postgres::{PgSettings, PgStore};
 use zeta_store_sqlite::{SqliteSettings, SqliteStore};
 
@@ -251,24 +250,24 @@ impl TestApp {
         app
     }
 
-    /// Creates a key with this role (and account scope) and returns its secret.
+    /// Creates a key with this role (and account scope, of existing accounts) through the
+    /// engine, like `zeta api-key create`, and returns its secret.
     pub async fn key(&self, role: &str, account_ids: Option<Vec<Uuid>>) -> String {
-        let secret = generate_secret();
-        let record = ApiKeyRecord {
-            id: Uuid::now_v7(),
-            name: format!("test {role}"),
-            role: role.into(),
+        let role = zeta_api::auth::Role::parse(role).expect("a role");
+        match zeta_api::auth::create_key(
+            &self.engine,
+            &format!("test {}", role.as_str()),
+            role,
             account_ids,
-            created_at: time::OffsetDateTime::now_utc()
-                .replace_nanosecond(0)
-                .expect("valid"),
-            revoked_at: None,
-        };
-        self.store
-            .insert_api_key(&record, &hash_secret(&secret), false)
-            .await
-            .expect("insert key");
-        secret
+            None,
+            false,
+        )
+        .await
+        .expect("create key")
+        {
+            zeta_api::auth::KeyCreation::Created { secret, .. } => secret,
+            other => panic!("key not created: {other:?}"),
+        }
     }
 
     pub fn req(&self, method: Method, path: &str) -> TestRequest<'_> {

@@ -6,8 +6,9 @@ use std::sync::Arc;
 
 use time::OffsetDateTime;
 use uuid::Uuid;
-use zeta_api::auth::{generate_secret, hash_secret};
-use zeta_store::{ApiKeyRecord, Store, StoreError, VerifyReport};
+use zeta_api::auth::{KeyCreation, Role, create_key};
+use zeta_engine::{Engine, EngineSettings};
+use zeta_store::{Store, VerifyReport};
 use zeta_store_postgres::PgStore;
 use zeta_store_sqlite::SqliteStore;
 
@@ -57,54 +58,50 @@ pub async fn open_store(settings: &Settings) -> Result<(Arc<dyn Store>, Backend)
     }
 }
 
-fn new_key(name: &str, role: &str, account_ids: Option<Vec<Uuid>>) -> ApiKeyRecord {
-    ApiKeyRecord {
-        id: Uuid::now_v7(),
-        name: name.to_string(),
-        role: role.to_string(),
-        account_ids,
-        created_at: zeta_ledger::now_micros(),
-        revoked_at: None,
-    }
-}
-
-/// Creates an API key and returns its secret (shown once).
+/// Creates an API key (through a short-lived engine, so it is audited like every change) and
+/// returns its secret, shown once.
 pub async fn create_api_key(
-    store: &dyn Store,
+    store: Arc<dyn Store>,
     name: &str,
     role: &str,
     account_ids: Option<Vec<Uuid>>,
-) -> Result<String, StoreError> {
-    let secret = generate_secret();
-    let record = new_key(name, role, account_ids);
-    store
-        .insert_api_key(&record, &hash_secret(&secret), false)
-        .await?;
-    Ok(secret)
+) -> Result<String, String> {
+    let role = Role::parse(role).ok_or_else(|| format!("unknown role {role:?}"))?;
+    let engine = Engine::start(store, EngineSettings::default());
+    let created = create_key(&engine, name, role, account_ids, None, false).await;
+    engine.shutdown().await;
+    match created.map_err(|e| e.to_string())? {
+        KeyCreation::Created { secret, .. } => Ok(secret),
+        KeyCreation::Exists(_) => Err("a key with this secret exists".into()),
+        KeyCreation::Refused(e) => Err(e.to_string()),
+    }
 }
 
 /// At start: makes sure the bootstrap key exists, or — when none is configured and no key exists
-/// at all — creates an admin key and returns its secret to print once.
+/// at all — creates an admin key and returns its secret to print once. A bootstrap secret whose
+/// key was revoked stays revoked (logged).
 pub async fn bootstrap_keys(
-    store: &dyn Store,
+    engine: &Engine,
     bootstrap: Option<&str>,
-) -> Result<Option<String>, StoreError> {
-    let record = new_key("bootstrap", "admin", None);
-    match bootstrap {
-        Some(secret) => {
-            store
-                .insert_api_key(&record, &hash_secret(secret), false)
-                .await?;
-            Ok(None)
+) -> Result<Option<String>, String> {
+    let created = create_key(
+        engine,
+        "bootstrap",
+        Role::Admin,
+        None,
+        bootstrap,
+        bootstrap.is_none(),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    Ok(match (created, bootstrap) {
+        (KeyCreation::Created { secret, .. }, None) => Some(secret),
+        (KeyCreation::Refused(e), Some(_)) => {
+            tracing::warn!(reason = %e, "ZETA_BOOTSTRAP_API_KEY is not usable");
+            None
         }
-        None => {
-            let secret = generate_secret();
-            let created = store
-                .insert_api_key(&record, &hash_secret(&secret), true)
-                .await?;
-            Ok(created.then_some(secret))
-        }
-    }
+        _ => None,
+    })
 }
 
 /// How often expired idempotency keys are purged.
@@ -127,8 +124,8 @@ pub async fn purge_expired_forever(store: Arc<dyn Store>, retention: std::time::
 /// Renders a verify report; `true` when clean.
 pub fn print_report(report: &VerifyReport) -> bool {
     println!(
-        "checked {} accounts and {} transactions; total balance {}",
-        report.accounts, report.transactions, report.total_balance
+        "checked {} accounts, {} transactions and {} audit events; total balance {}",
+        report.accounts, report.transactions, report.audit_events, report.total_balance
     );
     for problem in &report.problems {
         println!("BROKEN {problem}");

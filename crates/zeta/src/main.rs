@@ -96,14 +96,6 @@ async fn serve(settings: Settings, serve: ServeSettings) -> Result<(), String> {
         .migrate()
         .await
         .map_err(|e| format!("migrations failed: {e}"))?;
-    if let Some(secret) = zeta::bootstrap_keys(store.as_ref(), serve.bootstrap_api_key.as_deref())
-        .await
-        .map_err(|e| format!("bootstrap key: {e}"))?
-    {
-        eprintln!(
-            "\nCreated the first admin API key. It is shown only this once:\n\n    {secret}\n"
-        );
-    }
     let mut engine_settings = serve.engine();
     if backend == zeta::Backend::Sqlite {
         // One writer at a time is all SQLite has.
@@ -115,6 +107,14 @@ async fn serve(settings: Settings, serve: ServeSettings) -> Result<(), String> {
         engine_settings,
         Arc::new(zeta_api::telemetry::MetricsObserver),
     ));
+    if let Some(secret) = zeta::bootstrap_keys(&engine, serve.bootstrap_api_key.as_deref())
+        .await
+        .map_err(|e| format!("bootstrap key: {e}"))?
+    {
+        eprintln!(
+            "\nCreated the first admin API key. It is shown only this once:\n\n    {secret}\n"
+        );
+    }
     tokio::spawn(zeta::purge_expired_forever(
         store.clone(),
         Duration::from_secs(serve.idempotency_retention_hours * 3600),
@@ -176,7 +176,7 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                 .migrate()
                 .await
                 .map_err(|e| format!("migrations failed: {e}"))?;
-            let secret = zeta::create_api_key(store.as_ref(), &name, &role, None)
+            let secret = zeta::create_api_key(store, &name, &role, None)
                 .await
                 .map_err(|e| format!("cannot create key: {e}"))?;
             println!("{secret}");

@@ -10,10 +10,11 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 use zeta_api::AppState;
 use zeta_engine::{Engine, EngineSettings};
+use zeta_ledger::audit::{AuditEvent, ChainHead};
 use zeta_ledger::{Account, Changes, Transaction, Transfer, TransferView};
 use zeta_store::{
-    AccountFilter, ApiKeyRecord, IdempotencyRecord, LedgerTx, Store, StoreError, StoreResult,
-    TransactionFilter, VerifyReport,
+    AccountFilter, ApiKeyRecord, IdempotencyRecord, KeyRefs, LedgerTx, Store, StoreError,
+    StoreResult, TransactionFilter, VerifyReport,
 };
 use zeta_testkit::TestApp;
 
@@ -57,6 +58,12 @@ impl LedgerTx for FaultyTx {
     }
     async fn taken_account_numbers(&mut self, n: &[String]) -> StoreResult<Vec<String>> {
         self.inner.taken_account_numbers(n).await
+    }
+    async fn api_keys(&mut self, ids: &[Uuid], hashes: &[Vec<u8>]) -> StoreResult<KeyRefs> {
+        self.inner.api_keys(ids, hashes).await
+    }
+    async fn audit_head(&mut self) -> StoreResult<Option<ChainHead>> {
+        self.inner.audit_head().await
     }
     async fn write(&mut self, c: &Changes, i: &[IdempotencyRecord]) -> StoreResult<()> {
         self.inner.write(c, i).await
@@ -126,8 +133,11 @@ impl Store for Faulty {
     async fn find_api_key(&self, h: &[u8]) -> StoreResult<Option<ApiKeyRecord>> {
         self.inner.find_api_key(h).await
     }
-    async fn insert_api_key(&self, k: &ApiKeyRecord, h: &[u8], e: bool) -> StoreResult<bool> {
-        self.inner.insert_api_key(k, h, e).await
+    async fn list_api_keys(&self) -> StoreResult<Vec<ApiKeyRecord>> {
+        self.inner.list_api_keys().await
+    }
+    async fn list_audit_events(&self, after: i64, limit: u32) -> StoreResult<Vec<AuditEvent>> {
+        self.inner.list_audit_events(after, limit).await
     }
     async fn verify(&self) -> StoreResult<VerifyReport> {
         self.inner.verify().await
