@@ -30,6 +30,9 @@ use crate::ratelimit::{Limiter, RateLimitSettings};
 pub use error::ApiError;
 pub use routes::{V1_ROUTES, V1Route};
 
+/// `ZETA_REQUEST_TIMEOUT_SECS`'s default.
+pub const DEFAULT_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Everything a handler needs, assembled once at start.
 #[derive(Clone)]
 pub struct AppState {
@@ -39,6 +42,8 @@ pub struct AppState {
     pub limiter: Arc<Limiter>,
     in_flight: Arc<Mutex<HashSet<(Uuid, String)>>>,
     shutting_down: Arc<AtomicBool>,
+    /// Longest time one request may take before it is answered 503.
+    pub request_timeout: std::time::Duration,
 }
 
 impl AppState {
@@ -59,7 +64,14 @@ impl AppState {
             limiter: Arc::new(Limiter::new(RateLimitSettings::default())),
             in_flight: Arc::default(),
             shutting_down: Arc::default(),
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
         }
+    }
+
+    /// Replaces the request timeout ([`DEFAULT_REQUEST_TIMEOUT`] otherwise).
+    pub fn with_request_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.request_timeout = timeout;
+        self
     }
 
     /// Replaces the rate limits (`RateLimitSettings::default()` otherwise).
@@ -146,8 +158,8 @@ pub fn router(state: AppState) -> Router {
     routes::routes()
         .merge(openapi::routes())
         .route_layer(middleware::from_fn(request::route_template))
-        .with_state(state)
-        .layer(middleware::from_fn(request::context))
+        .with_state(state.clone())
+        .layer(middleware::from_fn_with_state(state, request::context))
 }
 
 /// Serves until `shutdown` resolves, then lets in-flight requests finish and drains the engine.

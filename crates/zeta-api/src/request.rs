@@ -63,7 +63,11 @@ pub async fn route_template(req: Request, next: Next) -> Response {
 
 /// Outermost middleware: assigns the request id, echoes it, renders every error response as
 /// problem+json with `request_id` and `instance`, and records the request's metrics and log line.
-pub async fn context(mut req: Request, next: Next) -> Response {
+pub async fn context(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    mut req: Request,
+    next: Next,
+) -> Response {
     let started = std::time::Instant::now();
     let request_id = req
         .headers()
@@ -81,7 +85,22 @@ pub async fn context(mut req: Request, next: Next) -> Response {
         method = %method,
         route = tracing::field::Empty,
     );
-    let mut response = next.run(req).instrument(span.clone()).await;
+    let mut response = match tokio::time::timeout(
+        state.request_timeout,
+        next.run(req).instrument(span.clone()),
+    )
+    .await
+    {
+        Ok(response) => response,
+        // The handler is dropped; a command it queued still runs in the engine.
+        Err(_) => {
+            span.in_scope(|| tracing::warn!("request timed out"));
+            ApiError::Unavailable {
+                retry_after_secs: 1,
+            }
+            .into_response()
+        }
+    };
     finish_problem(&mut response, &request_id, &instance);
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert(REQUEST_ID, v);

@@ -178,6 +178,12 @@ pub struct ServeSettings {
           value_parser = clap::value_parser!(u64).range(24..))]
     pub idempotency_retention_hours: u64,
 
+    /// Longest time one request may take, in seconds; then 503 (a command may still commit:
+    /// retry it with its Idempotency-Key).
+    #[arg(long, env = "ZETA_REQUEST_TIMEOUT_SECS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub request_timeout_secs: u64,
+
     /// Longest wait for in-flight requests and queued commands at shutdown, in seconds.
     #[arg(long, env = "ZETA_SHUTDOWN_TIMEOUT_SECS", default_value_t = 30)]
     pub shutdown_timeout_secs: u64,

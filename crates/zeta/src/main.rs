@@ -119,8 +119,9 @@ async fn serve(settings: Settings, serve: ServeSettings) -> Result<(), String> {
         store.clone(),
         Duration::from_secs(serve.idempotency_retention_hours * 3600),
     ));
-    let state =
-        AppState::with_breaker(store, engine, serve.breaker()).with_rate_limit(serve.rate_limit());
+    let state = AppState::with_breaker(store, engine, serve.breaker())
+        .with_rate_limit(serve.rate_limit())
+        .with_request_timeout(Duration::from_secs(serve.request_timeout_secs));
     let listener = TcpListener::bind(serve.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", serve.listen))?;

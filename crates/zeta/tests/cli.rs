@@ -63,7 +63,8 @@ async fn migrate_then_verify_clean_then_broken() {
     let report = String::from_utf8_lossy(&clean.stdout);
     assert_eq!(clean.status.code(), Some(0), "{report}");
     assert!(
-        report.contains("checked 1 accounts and 1 transactions"),
+        // The CLI's key creation is audited too.
+        report.contains("checked 1 accounts, 1 transactions and 1 audit events"),
         "{report}"
     );
 
@@ -78,6 +79,51 @@ async fn migrate_then_verify_clean_then_broken() {
     assert_eq!(broken.status.code(), Some(1), "{report}");
     assert!(
         report.contains(&format!("BROKEN account {account}")),
+        "{report}"
+    );
+}
+
+#[tokio::test]
+async fn verify_names_the_first_tampered_audit_event() {
+    let db = TestDb::create().await;
+    assert!(zeta(&db, &["migrate"]).status.success());
+    for name in ["first", "second", "third"] {
+        let out = zeta(
+            &db,
+            &["api-key", "create", "--role", "viewer", "--name", name],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let clean = zeta(&db, &["verify"]);
+    let report = String::from_utf8_lossy(&clean.stdout);
+    assert_eq!(clean.status.code(), Some(0), "{report}");
+    assert!(report.contains("and 3 audit events"), "{report}");
+
+    let mut conn = sqlx::PgConnection::connect(&db.url).await.expect("connect");
+    let (actions,): (Vec<String>,) =
+        sqlx::query_as("SELECT array_agg(action ORDER BY seq) FROM audit_events")
+            .fetch_one(&mut conn)
+            .await
+            .expect("events");
+    assert_eq!(actions, ["api_key.create"; 3]);
+    // Someone rewrites who the second key was made for.
+    sqlx::query(
+        "UPDATE audit_events SET details = replace(details, 'second', 'mallory') WHERE seq = 2",
+    )
+    .execute(&mut conn)
+    .await
+    .expect("tamper");
+    let broken = zeta(&db, &["verify"]);
+    let report = String::from_utf8_lossy(&broken.stdout);
+    assert_eq!(broken.status.code(), Some(1), "{report}");
+    assert!(
+        report.contains(
+            "BROKEN audit event seq 2: hash does not match its contents (the event was altered)"
+        ),
         "{report}"
     );
 }

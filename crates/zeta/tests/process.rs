@@ -819,3 +819,46 @@ fn logs_are_json_lines_with_the_request_id_and_no_secrets() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A request that outlasts ZETA_REQUEST_TIMEOUT_SECS (here: a body that never finishes arriving)
+/// is answered 503 with Retry-After, and the server goes on serving.
+#[test]
+fn a_request_slower_than_the_timeout_is_503() {
+    let dir = temp_dir("timeout");
+    let key = "timeout-test-secret-key";
+    let server = Server::start(
+        &dir,
+        &[
+            ("ZETA_BOOTSTRAP_API_KEY", key),
+            ("ZETA_REQUEST_TIMEOUT_SECS", "1"),
+        ],
+    );
+    let mut stream = TcpStream::connect(server.addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let started = Instant::now();
+    let head = format!(
+        "POST /v1/accounts HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {key}\r\n\
+         Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"owner",
+        server.addr
+    );
+    stream.write_all(head.as_bytes()).expect("send");
+    let mut response = [0_u8; 4096];
+    let n = stream.read(&mut response).expect("read");
+    let elapsed = started.elapsed();
+    let text = String::from_utf8_lossy(&response[..n]).to_ascii_lowercase();
+    assert!(text.starts_with("http/1.1 503"), "{text}");
+    assert!(text.contains("retry-after: 1"), "{text}");
+    assert!(text.contains("\"code\":\"service_unavailable\""), "{text}");
+    assert!(
+        elapsed >= Duration::from_secs(1) && elapsed < Duration::from_secs(10),
+        "{elapsed:?}"
+    );
+    // Nothing was created, and the next request is served normally.
+    let (status, page) =
+        http(server.addr, "GET", "/v1/accounts", Some(key), &[], None).expect("list");
+    assert_eq!(status, 200);
+    assert_eq!(page["data"], json!([]));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -11,6 +11,7 @@ mod idempotency;
 mod instances;
 mod money;
 mod operations;
+mod security;
 mod transfers;
 
 use zeta_testkit::{Backend, TestApp};

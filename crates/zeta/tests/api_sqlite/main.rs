@@ -16,6 +16,8 @@ mod idempotency;
 mod money;
 #[path = "../api/operations.rs"]
 mod operations;
+#[path = "../api/security.rs"]
+mod security;
 #[path = "../api/transfers.rs"]
 mod transfers;
 
