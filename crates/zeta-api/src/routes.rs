@@ -165,6 +165,22 @@ async fn visible_account(
         .ok_or(ApiError::NotFound("account"))
 }
 
+/// Like [`visible_account`], but as the primary has it: for an answer that depends on the
+/// account existing right now, which a read replica may not show yet.
+async fn visible_account_fresh(
+    state: &AppState,
+    ctx: &Ctx,
+    id: Uuid,
+) -> Result<zeta_ledger::Account, ApiError> {
+    state
+        .store
+        .get_account_fresh(id)
+        .await
+        .map_err(store_error)?
+        .filter(|a| ctx.caller.sees(a.id))
+        .ok_or(ApiError::NotFound("account"))
+}
+
 fn description(f: &mut Fields) -> Option<String> {
     f.string("description", 0, MAX_DESCRIPTION, false)
 }
@@ -394,7 +410,8 @@ async fn update_account(
     req.ctx.caller.require(Role::Operator)?;
     let id = path_id(&id, "account")?;
     let Some(expected) = expected else {
-        visible_account(&state, &req.ctx, id).await?;
+        // 404 or 428 is decided on the primary: an account created a moment ago exists.
+        visible_account_fresh(&state, &req.ctx, id).await?;
         return Err(ApiError::PreconditionRequired);
     };
     let command = Command::UpdateAccount {
@@ -1259,6 +1276,18 @@ async fn ready(State(state): State<AppState>) -> Response {
         )
             .into_response();
     }
+    // The read replica is reported but does not decide readiness: without it only reads fail
+    // (503), and every instance shares it, so taking them all out of service would also stop
+    // the money commands that the primary still serves. Not through the breaker: that one
+    // guards the primary. Probed while the primary is.
+    let store = state.store.clone();
+    let replica = tokio::spawn(async move {
+        match tokio::time::timeout(READY_TIMEOUT, store.ping_replica()).await {
+            Ok(None) => None,
+            Ok(Some(Ok(()))) => Some("ok"),
+            Ok(Some(Err(_))) | Err(_) => Some("down"),
+        }
+    });
     // The probe goes through the breaker, so an idle instance still finds out when the
     // database is back.
     let database_ok = match state.breaker.admit() {
@@ -1276,8 +1305,15 @@ async fn ready(State(state): State<AppState>) -> Response {
         }
         Err(_) => false,
     };
+    let replica = replica.await.unwrap_or(Some("down"));
+    let with_replica = |mut body: Value| {
+        if let Some(replica) = replica {
+            body["checks"]["read_replica"] = json!(replica);
+        }
+        Json(body)
+    };
     if database_ok {
-        Json(json!({"status": "ready", "checks": {"database": "ok"}})).into_response()
+        with_replica(json!({"status": "ready", "checks": {"database": "ok"}})).into_response()
     } else {
         let circuit = match state.breaker.state() {
             crate::breaker::BreakerState::Closed => "closed",
@@ -1286,7 +1322,9 @@ async fn ready(State(state): State<AppState>) -> Response {
         };
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "unavailable", "checks": {"database": "down", "circuit_breaker": circuit}})),
+            with_replica(
+                json!({"status": "unavailable", "checks": {"database": "down", "circuit_breaker": circuit}}),
+            ),
         )
             .into_response()
     }

@@ -61,7 +61,12 @@ impl Default for PgSettings {
 
 #[derive(Clone, Debug)]
 pub struct PgStore {
+    /// The primary: the ledger engine's transactions, idempotency, API keys, migrations, verify,
+    /// readiness — every method that does not say otherwise.
     pool: PgPool,
+    /// A streaming replica for the API's reads (accounts, listings, history, balance at an
+    /// instant); `None`: those read the primary too.
+    replica: Option<PgPool>,
 }
 
 const MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -134,11 +139,42 @@ impl PgStore {
             .max_connections(settings.max_connections)
             .acquire_timeout(settings.acquire_timeout)
             .connect_lazy_with(options);
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            replica: None,
+        })
+    }
+
+    /// Serves the API's reads (see [`Store::get_account`]) from the streaming replica at `url`,
+    /// with a pool of its own (same size and timeouts, connecting lazily). Its sessions are
+    /// read-only, so a write sent there by mistake fails instead of landing on the wrong server.
+    pub fn with_read_replica(mut self, url: &str, settings: &PgSettings) -> StoreResult<Self> {
+        let options: PgConnectOptions = url.parse().map_err(|e: sqlx::Error| {
+            StoreError::Other(format!("bad ZETA_DATABASE_READ_URL: {e}"))
+        })?;
+        let statement_timeout = settings.statement_timeout.as_millis().to_string();
+        let lock_timeout = settings.lock_timeout.as_millis().to_string();
+        let options = options.application_name("zeta-reads").options([
+            ("statement_timeout", statement_timeout.as_str()),
+            ("lock_timeout", lock_timeout.as_str()),
+            ("default_transaction_read_only", "on"),
+        ]);
+        self.replica = Some(
+            PgPoolOptions::new()
+                .max_connections(settings.max_connections)
+                .acquire_timeout(settings.acquire_timeout)
+                .connect_lazy_with(options),
+        );
+        Ok(self)
     }
 
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// Where the API's reads go: the replica when there is one, else the primary.
+    fn reads(&self) -> &PgPool {
+        self.replica.as_ref().unwrap_or(&self.pool)
     }
 
     fn migrator() -> Migrator {
@@ -200,7 +236,7 @@ impl Store for PgStore {
             " FROM accounts WHERE id = $1"
         ))
         .bind(id)
-        .fetch_optional(&self.pool)
+        .fetch_optional(self.reads())
         .await
         .map_err(classify)?
         .map(|r| account_from_row(&r))
@@ -222,7 +258,7 @@ impl Store for PgStore {
         .bind(&f.only)
         .bind(f.after)
         .bind(i64::from(f.limit))
-        .fetch_all(&self.pool)
+        .fetch_all(self.reads())
         .await
         .map_err(classify)?
         .iter()
@@ -237,7 +273,7 @@ impl Store for PgStore {
             " FROM transactions WHERE id = $1"
         ))
         .bind(id)
-        .fetch_optional(&self.pool)
+        .fetch_optional(self.reads())
         .await
         .map_err(classify)?
         .map(|r| transaction_from_row(&r))
@@ -263,7 +299,7 @@ impl Store for PgStore {
         .bind(f.until)
         .bind(f.before_seq)
         .bind(i64::from(f.limit))
-        .fetch_all(&self.pool)
+        .fetch_all(self.reads())
         .await
         .map_err(classify)?
         .iter()
@@ -273,7 +309,7 @@ impl Store for PgStore {
 
     async fn get_transfer(&self, id: Uuid) -> StoreResult<Option<TransferView>> {
         let mut conn = self
-            .pool
+            .reads()
             .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             .await
             .map_err(classify)?;
@@ -314,13 +350,38 @@ impl Store for PgStore {
         )
         .bind(account_id)
         .bind(at)
-        .fetch_optional(&self.pool)
+        .fetch_optional(self.reads())
         .await
         .map_err(classify)?;
         match row {
             Some(r) => r.try_get::<i64, _>(0).map_err(classify),
             None => Ok(0),
         }
+    }
+
+    async fn get_account_fresh(&self, id: Uuid) -> StoreResult<Option<Account>> {
+        sqlx::query(concat!(
+            "SELECT ",
+            account_columns!(),
+            " FROM accounts WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(classify)?
+        .map(|r| account_from_row(&r))
+        .transpose()
+    }
+
+    async fn ping_replica(&self) -> Option<StoreResult<()>> {
+        let replica = self.replica.as_ref()?;
+        Some(
+            sqlx::query("SELECT 1")
+                .execute(replica)
+                .await
+                .map(drop)
+                .map_err(classify),
+        )
     }
 
     async fn get_idempotency(

@@ -99,6 +99,9 @@ pub trait Store: Send + Sync + 'static {
     /// Starts a write transaction for the ledger engine (REPEATABLE READ or its equivalent).
     async fn begin(&self) -> StoreResult<Box<dyn LedgerTx>>;
 
+    /// The API's reads — balance inquiries, listings and history, from here to `balance_at` —
+    /// may be served by a read replica and then lag behind the primary by the replication delay.
+    /// Everything else in this trait reads and writes the primary.
     async fn get_account(&self, id: Uuid) -> StoreResult<Option<Account>>;
     async fn list_accounts(&self, filter: &AccountFilter) -> StoreResult<Vec<Account>>;
     async fn get_transaction(&self, id: Uuid) -> StoreResult<Option<Transaction>>;
@@ -106,6 +109,18 @@ pub trait Store: Send + Sync + 'static {
     async fn get_transfer(&self, id: Uuid) -> StoreResult<Option<TransferView>>;
     /// The balance after the last movement posted at or before `at` (0 before the first).
     async fn balance_at(&self, account_id: Uuid, at: OffsetDateTime) -> StoreResult<i64>;
+
+    /// The account as the primary has it, for a read that decides something and so must see
+    /// every committed write. The reads above may come from a read replica and lag behind it
+    /// (see [`Store::ping_replica`]); a backend without replicas reads from its only database.
+    async fn get_account_fresh(&self, id: Uuid) -> StoreResult<Option<Account>> {
+        self.get_account(id).await
+    }
+
+    /// One round trip to the read replica, for readiness; `None` when reads go to the primary.
+    async fn ping_replica(&self) -> Option<StoreResult<()>> {
+        None
+    }
 
     async fn get_idempotency(
         &self,

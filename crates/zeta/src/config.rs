@@ -25,6 +25,17 @@ pub struct Settings {
     #[arg(long, env = "DATABASE_URL", global = true)]
     pub database_url: Option<String>,
 
+    /// A PostgreSQL streaming replica (`postgres://…`) for balance inquiries, listings and
+    /// history, which may then lag behind by the replication delay; money commands, idempotency,
+    /// API keys and preconditions always use DATABASE_URL. Unset: everything on DATABASE_URL.
+    #[arg(
+        long,
+        env = "ZETA_DATABASE_READ_URL",
+        global = true,
+        hide_env_values = true
+    )]
+    pub database_read_url: Option<String>,
+
     /// Log format.
     #[arg(
         long,
@@ -78,6 +89,10 @@ impl fmt::Debug for Settings {
             .field(
                 "database_url",
                 &self.database_url.as_deref().map(redact_url),
+            )
+            .field(
+                "database_read_url",
+                &self.database_read_url.as_deref().map(redact_url),
             )
             .field("log_format", &self.log_format)
             .field("db_max_connections", &self.db_max_connections)
@@ -245,5 +260,30 @@ mod tests {
             "postgres://zeta:***@db:5432/zeta"
         );
         assert_eq!(redact_url("sqlite://zeta.db"), "sqlite://zeta.db");
+    }
+
+    #[test]
+    fn debug_redacts_both_database_urls() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            settings: Settings,
+        }
+        let cli = Cli::try_parse_from([
+            "zeta",
+            "--database-url",
+            "postgres://zeta:primary-secret@db:5432/zeta",
+            "--database-read-url",
+            "postgres://reader:replica-secret@replica:5432/zeta",
+        ])
+        .expect("flags parse");
+        let debug = format!("{:?}", cli.settings);
+        assert!(!debug.contains("primary-secret"), "{debug}");
+        assert!(!debug.contains("replica-secret"), "{debug}");
+        assert!(
+            debug.contains(r#"database_read_url: Some("postgres://reader:***@replica:5432/zeta")"#),
+            "{debug}"
+        );
     }
 }

@@ -34,15 +34,31 @@ pub fn backend_of(url: &str) -> Option<Backend> {
     }
 }
 
-/// Opens the store named by `DATABASE_URL` (unset: the embedded SQLite file `./zeta.db`).
+/// Opens the store named by `DATABASE_URL` (unset: the embedded SQLite file `./zeta.db`), with
+/// its reads on `ZETA_DATABASE_READ_URL` when that is set (PostgreSQL only).
 pub async fn open_store(settings: &Settings) -> Result<(Arc<dyn Store>, Backend), String> {
     let url = settings
         .database_url
         .as_deref()
         .unwrap_or(DEFAULT_DATABASE_URL);
+    if let Some(read_url) = settings.database_read_url.as_deref()
+        && (backend_of(url) != Some(Backend::Postgres)
+            || backend_of(read_url) != Some(Backend::Postgres))
+    {
+        return Err(format!(
+            "ZETA_DATABASE_READ_URL {:?} must be a PostgreSQL streaming replica of a PostgreSQL \
+             DATABASE_URL",
+            config::redact_url(read_url)
+        ));
+    }
     match backend_of(url) {
         Some(Backend::Postgres) => {
-            let store = PgStore::connect(url, &settings.pg()).map_err(|e| e.to_string())?;
+            let mut store = PgStore::connect(url, &settings.pg()).map_err(|e| e.to_string())?;
+            if let Some(read_url) = settings.database_read_url.as_deref() {
+                store = store
+                    .with_read_replica(read_url, &settings.pg())
+                    .map_err(|e| e.to_string())?;
+            }
             Ok((Arc::new(store), Backend::Postgres))
         }
         Some(Backend::Sqlite) => {

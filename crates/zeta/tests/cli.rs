@@ -143,3 +143,39 @@ fn unsupported_database_url_is_a_clear_error() {
         "the password is never printed: {stderr}"
     );
 }
+
+#[test]
+fn read_replica_url_is_in_help_and_needs_postgres() {
+    let help = Command::new(env!("CARGO_BIN_EXE_zeta"))
+        .arg("--help")
+        .env(
+            "ZETA_DATABASE_READ_URL",
+            "postgres://reader:s3cret@replica/db",
+        )
+        .output()
+        .expect("run zeta");
+    let text = String::from_utf8_lossy(&help.stdout);
+    assert!(text.contains("--database-read-url"), "{text}");
+    assert!(text.contains("[env: ZETA_DATABASE_READ_URL]"), "{text}");
+    assert!(!text.contains("s3cret"), "the value is never shown: {text}");
+
+    let out = Command::new(env!("CARGO_BIN_EXE_zeta"))
+        .args(["migrate"])
+        .env("DATABASE_URL", "sqlite:///nonexistent-dir/zeta.db")
+        .env(
+            "ZETA_DATABASE_READ_URL",
+            "postgres://reader:s3cret@replica/db",
+        )
+        .output()
+        .expect("run zeta");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("must be a PostgreSQL streaming replica of a PostgreSQL DATABASE_URL"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("s3cret"),
+        "the password is never printed: {stderr}"
+    );
+}

@@ -749,6 +749,325 @@ fn postgres_outage_under_load_fails_fast_and_recovers() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+impl PrivatePg {
+    /// A hot standby of this cluster, streaming from it: `pg_basebackup -R` into a data directory
+    /// of its own, started on its own port. PostgreSQL's defaults are enough on the primary
+    /// (`wal_level=replica`, `max_wal_senders=10`, and initdb's `replication` line in pg_hba).
+    fn standby(&self) -> Self {
+        let dir = temp_dir("pg-standby");
+        let _ = Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(&dir)
+            .status();
+        let standby = Self {
+            bin: self.bin.clone(),
+            port: free_addr().port(),
+            dir,
+        };
+        let data = standby.dir.join("data");
+        assert!(
+            self.run(
+                "pg_basebackup",
+                &[
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &self.port.to_string(),
+                    "-U",
+                    "postgres",
+                    "-D",
+                    data.to_str().expect("path"),
+                    "-R",
+                    "-X",
+                    "stream",
+                    "-c",
+                    "fast"
+                ]
+            ),
+            "pg_basebackup failed"
+        );
+        standby.start_again();
+        standby
+    }
+}
+
+/// One statement on `url`, its first column as text; `$1` is `arg` when given.
+fn sql_text(url: &str, sql: &'static str, arg: Option<&str>) -> String {
+    use sqlx::Connection;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let mut conn = sqlx::PgConnection::connect(url)
+            .await
+            .unwrap_or_else(|e| panic!("connect {url}: {e}"));
+        let mut query = sqlx::query_scalar::<_, String>(sql);
+        if let Some(arg) = arg {
+            query = query.bind(arg);
+        }
+        let value = query
+            .fetch_one(&mut conn)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        let _ = conn.close().await;
+        value
+    })
+}
+
+/// Polls until the standby has replayed everything the primary has written so far.
+fn wait_replayed(primary: &PrivatePg, standby: &PrivatePg) {
+    let target = sql_text(&primary.url(), "SELECT pg_current_wal_lsn()::text", None);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while sql_text(
+        &standby.url(),
+        "SELECT (pg_last_wal_replay_lsn() >= $1::pg_lsn)::text",
+        Some(&target),
+    ) != "true"
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the standby never replayed up to {target}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Reads go to a real streaming replica (ZETA_DATABASE_READ_URL), decisions to the primary:
+/// with replay paused on the standby, GETs show the old state while a debit that needs the
+/// newest credit succeeds, an idempotent request replays, a PATCH with the fresh version
+/// applies and a stale one is refused; after resuming, reads catch up. With the replica down,
+/// reads answer 503 problem+json, money still moves, readiness stays 200 and names the replica.
+#[test]
+fn read_replica_serves_reads_while_decisions_stay_on_the_primary() {
+    let primary = PrivatePg::start();
+    let standby = primary.standby();
+    let dir = temp_dir("replica");
+    let (primary_url, standby_url) = (primary.url(), standby.url());
+    let key = "replica-key";
+    let env = [
+        ("DATABASE_URL", primary_url.as_str()),
+        ("ZETA_DATABASE_READ_URL", standby_url.as_str()),
+        ("ZETA_BOOTSTRAP_API_KEY", key),
+        // How long a read waits for the stopped replica before its 503.
+        ("ZETA_DB_ACQUIRE_TIMEOUT_MS", "1000"),
+    ];
+    let server = Server::start(&dir, &env);
+    let addr = server.addr;
+    let call = |method: &str, path: &str, extra: &[(&str, &str)], body: Option<&Value>| {
+        http_full(addr, method, path, Some(key), extra, body)
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+    };
+    let (status, ready) = http(addr, "GET", "/health/ready", None, &[], None).expect("ready");
+    assert_eq!(status, 200);
+    assert_eq!(
+        ready,
+        json!({"status": "ready", "checks": {"database": "ok", "read_replica": "ok"}})
+    );
+
+    let create = |name: &str| {
+        let (status, _, account) = call(
+            "POST",
+            "/v1/accounts",
+            &[],
+            Some(&json!({"owner_name": name, "currency": "EUR"})),
+        );
+        assert_eq!(status, 201, "{account}");
+        account["id"].as_str().expect("id").to_string()
+    };
+    let (a, b) = (create("a"), create("b"));
+    let account_path = format!("/v1/accounts/{a}");
+    let (status, _, first) = call(
+        "POST",
+        &format!("{account_path}/credits"),
+        &[("Idempotency-Key", "credit-1")],
+        Some(&json!({"amount": 1000})),
+    );
+    assert_eq!((status, &first["balance_after"]), (201, &json!(1000)));
+    wait_replayed(&primary, &standby);
+    let (status, head, account) = call("GET", &account_path, &[], None);
+    assert_eq!(status, 200);
+    assert_eq!(
+        (&account["balance"], &account["version"]),
+        (&json!(1000), &json!(2))
+    );
+    assert!(head.contains("\r\netag: \"2\""), "{head}");
+
+    // Replay paused: the replica keeps showing the state above.
+    sql_text(&standby_url, "SELECT pg_wal_replay_pause()::text", None);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while sql_text(&standby_url, "SELECT pg_get_wal_replay_pause_state()", None) != "paused" {
+        assert!(Instant::now() < deadline, "replay never paused");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let credit_body = json!({"amount": 500});
+    let (status, _, credit) = call(
+        "POST",
+        &format!("{account_path}/credits"),
+        &[("Idempotency-Key", "credit-2")],
+        Some(&credit_body),
+    );
+    assert_eq!(
+        (status, &credit["balance_after"]),
+        (201, &json!(1500)),
+        "{credit}"
+    );
+    let credit_id = credit["id"].as_str().expect("id").to_string();
+
+    // Reads come from the replica: the old balance, no new transaction.
+    let (status, head, account) = call("GET", &account_path, &[], None);
+    assert_eq!(status, 200);
+    assert_eq!(
+        (&account["balance"], &account["version"]),
+        (&json!(1000), &json!(2))
+    );
+    assert!(head.contains("\r\netag: \"2\""), "{head}");
+    let (status, _, balance) = call("GET", &format!("{account_path}/balance"), &[], None);
+    assert_eq!((status, &balance["balance"]), (200, &json!(1000)));
+    let (status, _, page) = call("GET", &format!("{account_path}/transactions"), &[], None);
+    assert_eq!(status, 200);
+    assert_eq!(page["data"].as_array().map(Vec::len), Some(1), "{page}");
+    let (status, _, missing) = call("GET", &format!("/v1/transactions/{credit_id}"), &[], None);
+    assert_eq!((status, &missing["code"]), (404, &json!("not_found")));
+
+    // Decisions are made on the primary: this debit needs the credit the replica does not show.
+    let (status, _, debit) = call(
+        "POST",
+        &format!("{account_path}/debits"),
+        &[],
+        Some(&json!({"amount": 1200})),
+    );
+    assert_eq!(
+        (status, &debit["balance_after"]),
+        (201, &json!(300)),
+        "{debit}"
+    );
+    let (status, _, transfer) = call(
+        "POST",
+        "/v1/transfers",
+        &[],
+        Some(&json!({"from_account_id": a, "to_account_id": b, "amount": 100})),
+    );
+    assert_eq!(
+        (status, &transfer["debit"]["balance_after"]),
+        (201, &json!(200)),
+        "{transfer}"
+    );
+    let transfer_id = transfer["id"].as_str().expect("id").to_string();
+    let (status, _, _) = call("GET", &format!("/v1/transfers/{transfer_id}"), &[], None);
+    assert_eq!(status, 404, "the replica has not seen the transfer");
+    // The idempotent request made during the pause replays (not applied twice).
+    let (status, head, replayed) = call(
+        "POST",
+        &format!("{account_path}/credits"),
+        &[("Idempotency-Key", "credit-2")],
+        Some(&credit_body),
+    );
+    assert_eq!(status, 201);
+    assert!(head.contains("\r\nidempotent-replayed: true"), "{head}");
+    assert_eq!(replayed, credit);
+    // The ETag the replica gave is stale: refused, never applied over the newer changes. The
+    // fresh one (created 1, credit 2, credit 3, debit 4, transfer 5) applies.
+    let patch = json!({"owner_name": "a renamed"});
+    let (status, _, stale) = call(
+        "PATCH",
+        &account_path,
+        &[("If-Match", "\"2\"")],
+        Some(&patch),
+    );
+    assert_eq!((status, &stale["code"]), (412, &json!("version_mismatch")));
+    let (status, head, patched) = call(
+        "PATCH",
+        &account_path,
+        &[("If-Match", "\"5\"")],
+        Some(&patch),
+    );
+    assert_eq!(status, 200, "{patched}");
+    assert_eq!(
+        (
+            &patched["balance"],
+            &patched["version"],
+            &patched["owner_name"]
+        ),
+        (&json!(200), &json!(6), &json!("a renamed"))
+    );
+    assert!(head.contains("\r\netag: \"6\""), "{head}");
+    // An account created during the pause: not yet readable, but a PATCH without If-Match is
+    // answered from the primary (428, not 404).
+    let c = create("c");
+    let (status, _, _) = call("GET", &format!("/v1/accounts/{c}"), &[], None);
+    assert_eq!(status, 404, "the replica has not seen the new account");
+    let (status, _, precondition) = call("PATCH", &format!("/v1/accounts/{c}"), &[], Some(&patch));
+    assert_eq!(
+        (status, &precondition["code"]),
+        (428, &json!("precondition_required"))
+    );
+
+    // Replay resumed: reads catch up.
+    sql_text(&standby_url, "SELECT pg_wal_replay_resume()::text", None);
+    wait_replayed(&primary, &standby);
+    let (status, head, account) = call("GET", &account_path, &[], None);
+    assert_eq!(status, 200);
+    assert_eq!(
+        (&account["balance"], &account["version"]),
+        (&json!(200), &json!(6))
+    );
+    assert!(head.contains("\r\netag: \"6\""), "{head}");
+    let (status, _, page) = call("GET", &format!("{account_path}/transactions"), &[], None);
+    assert_eq!(status, 200);
+    assert_eq!(page["data"].as_array().map(Vec::len), Some(4), "{page}");
+    let (status, _, read) = call("GET", &format!("/v1/transactions/{credit_id}"), &[], None);
+    assert_eq!((status, &read), (200, &credit));
+    let (status, _, read) = call("GET", &format!("/v1/transfers/{transfer_id}"), &[], None);
+    assert_eq!((status, &read["id"]), (200, &json!(transfer_id)));
+    let (status, _, _) = call("GET", &format!("/v1/accounts/{c}"), &[], None);
+    assert_eq!(status, 200);
+
+    // The replica down: reads are 503 problem+json with Retry-After; money still moves on the
+    // primary (API key and idempotency lookups included); readiness stays 200 and reports the
+    // replica down.
+    standby.stop();
+    let (status, head, problem) = call("GET", &account_path, &[], None);
+    assert_eq!(
+        (status, &problem["code"]),
+        (503, &json!("service_unavailable")),
+        "{problem}"
+    );
+    assert!(
+        head.contains("\r\ncontent-type: application/problem+json"),
+        "{head}"
+    );
+    assert!(head.contains("\r\nretry-after: 1"), "{head}");
+    let (status, _, credit) = call(
+        "POST",
+        &format!("/v1/accounts/{b}/credits"),
+        &[("Idempotency-Key", "credit-3")],
+        Some(&json!({"amount": 5})),
+    );
+    assert_eq!(
+        (status, &credit["balance_after"]),
+        (201, &json!(105)),
+        "{credit}"
+    );
+    let (status, ready) = http(addr, "GET", "/health/ready", None, &[], None).expect("ready");
+    assert_eq!(status, 200);
+    assert_eq!(
+        ready,
+        json!({"status": "ready", "checks": {"database": "ok", "read_replica": "down"}})
+    );
+
+    // Back up: reads work again, by themselves.
+    standby.start_again();
+    wait_replayed(&primary, &standby);
+    let (status, _, account) = call("GET", &format!("/v1/accounts/{b}"), &[], None);
+    assert_eq!((status, &account["balance"]), (200, &json!(105)));
+
+    drop(server);
+    let (code, report) = verify(&dir, Some(&primary_url));
+    assert_eq!(code, 0, "{report}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// JSON log lines carry the request id, method, route template, status and latency; one line
 /// per money command outcome; secrets never appear.
 #[test]
