@@ -26,8 +26,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{PgPool, Postgres, Row};
+use sqlx::pool::PoolConnection;
+use sqlx::postgres::{PgArguments, PgConnectOptions, PgPoolOptions};
+use sqlx::query::Query;
+use sqlx::{AssertSqlSafe, Connection, Executor, PgConnection, PgPool, Postgres, Row};
 use time::OffsetDateTime;
 use uuid::Uuid;
 use zeta_ledger::{Account, Changes, Transaction, Transfer, TransferView};
@@ -58,9 +60,95 @@ impl Default for PgSettings {
     }
 }
 
+/// How Zeta reaches PostgreSQL, named by the URL parameter [`POOL_MODE_PARAM`].
+///
+/// `session` (the default): a direct connection, or a pooler that gives a client one server
+/// connection for its whole session (PgBouncer `pool_mode = session`). Statements are prepared
+/// once per connection and cached (sqlx's named statements), and the timeouts are session
+/// settings sent at connect.
+///
+/// `transaction`: a pooler that may hand the server connection to another client after every
+/// transaction (PgBouncer `pool_mode = transaction`, which before 1.21 does not carry prepared
+/// statements). Every statement is then unnamed and runs inside an explicit transaction (sqlx
+/// parses a statement and binds it after a second Sync; outside a transaction the pooler could
+/// switch server connections in between), the timeouts are `SET LOCAL` in each transaction, no
+/// startup parameter the pooler refuses is sent, and migrations run in one transaction on a
+/// connection of their own. Each statement then costs a second round trip (parse, then bind),
+/// and a statement outside the engine's transactions two more (BEGIN, COMMIT).
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub enum PoolMode {
+    #[default]
+    Session,
+    Transaction,
+}
+
+/// The `DATABASE_URL` query parameter that selects the [`PoolMode`]:
+/// `postgres://…/zeta?pool-mode=transaction`. Zeta removes it before connecting.
+pub const POOL_MODE_PARAM: &str = "pool-mode";
+
+/// Removes [`POOL_MODE_PARAM`] from a PostgreSQL URL: the URL to connect to, and the mode.
+pub fn split_pool_mode(url: &str) -> StoreResult<(String, PoolMode)> {
+    let Some((base, query)) = url.split_once('?') else {
+        return Ok((url.to_string(), PoolMode::Session));
+    };
+    let mut mode = PoolMode::Session;
+    let mut kept = Vec::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some((POOL_MODE_PARAM, value)) => {
+                mode = match value {
+                    "session" => PoolMode::Session,
+                    "transaction" => PoolMode::Transaction,
+                    other => {
+                        return Err(StoreError::Other(format!(
+                            "bad DATABASE_URL: {POOL_MODE_PARAM}={other:?}: use session or transaction"
+                        )));
+                    }
+                }
+            }
+            _ => kept.push(pair),
+        }
+    }
+    let url = if kept.is_empty() {
+        base.to_string()
+    } else {
+        format!("{base}?{}", kept.join("&"))
+    };
+    Ok((url, mode))
+}
+
 #[derive(Clone, Debug)]
 pub struct PgStore {
     pool: PgPool,
+    mode: PoolMode,
+    /// `SET LOCAL` of the timeouts, run with every BEGIN (transaction pooling only).
+    set_local: String,
+    /// Where migrations connect (transaction pooling only: a connection of their own).
+    options: PgConnectOptions,
+}
+
+/// A connection for statements outside the engine's transactions. Behind a transaction pooler
+/// it is a transaction of its own, so that the server connection stays the same from an
+/// unnamed statement's parse to its execution.
+enum Single {
+    Direct(PoolConnection<Postgres>),
+    Pooled(sqlx::Transaction<'static, Postgres>),
+}
+
+impl Single {
+    fn conn(&mut self) -> &mut PgConnection {
+        match self {
+            Self::Direct(c) => c,
+            Self::Pooled(t) => t,
+        }
+    }
+
+    async fn done(self) -> StoreResult<()> {
+        match self {
+            Self::Direct(_) => Ok(()),
+            Self::Pooled(t) => t.commit().await.map_err(classify),
+        }
+    }
 }
 
 const MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -109,25 +197,80 @@ pub(crate) fn classify(err: sqlx::Error) -> StoreError {
 
 impl PgStore {
     /// A lazily connecting pool: the server starts even while the database is down.
+    /// A lazily connecting pool: the server starts even while the database is down. The URL may
+    /// carry [`POOL_MODE_PARAM`].
     pub fn connect(url: &str, settings: &PgSettings) -> StoreResult<Self> {
+        let (url, mode) = split_pool_mode(url)?;
         let options: PgConnectOptions = url
             .parse()
             .map_err(|e: sqlx::Error| StoreError::Other(format!("bad DATABASE_URL: {e}")))?;
-        let statement_timeout = settings.statement_timeout.as_millis().to_string();
-        let lock_timeout = settings.lock_timeout.as_millis().to_string();
-        let options = options.application_name("zeta").options([
-            ("statement_timeout", statement_timeout.as_str()),
-            ("lock_timeout", lock_timeout.as_str()),
-        ]);
+        let statement_timeout = settings.statement_timeout.as_millis();
+        let lock_timeout = settings.lock_timeout.as_millis();
+        let options = options.application_name("zeta");
+        let (options, set_local) = match mode {
+            PoolMode::Session => (
+                options.options([
+                    ("statement_timeout", statement_timeout.to_string().as_str()),
+                    ("lock_timeout", lock_timeout.to_string().as_str()),
+                ]),
+                String::new(),
+            ),
+            // PgBouncer refuses startup parameters it does not track (`options`,
+            // `extra_float_digits`); the timeouts are set in every transaction instead.
+            PoolMode::Transaction => (
+                options.extra_float_digits(None),
+                format!(
+                    "SET LOCAL statement_timeout = {statement_timeout}; \
+                     SET LOCAL lock_timeout = {lock_timeout}"
+                ),
+            ),
+        };
         let pool = PgPoolOptions::new()
             .max_connections(settings.max_connections)
             .acquire_timeout(settings.acquire_timeout)
-            .connect_lazy_with(options);
-        Ok(Self { pool })
+            .connect_lazy_with(options.clone());
+        Ok(Self {
+            pool,
+            mode,
+            set_local,
+            options,
+        })
     }
 
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    pub fn pool_mode(&self) -> PoolMode {
+        self.mode
+    }
+
+    /// A query with bound parameters: a cached named statement, or an unnamed one behind a
+    /// transaction pooler (a named one would stay on a server connection that other clients get).
+    pub(crate) fn query(&self, sql: &'static str) -> Query<'static, Postgres, PgArguments> {
+        query(sql, self.mode)
+    }
+
+    /// BEGIN with `head` (e.g. `BEGIN ISOLATION LEVEL REPEATABLE READ`), and the timeouts.
+    pub(crate) async fn begin_with(
+        &self,
+        head: &'static str,
+    ) -> StoreResult<sqlx::Transaction<'static, Postgres>> {
+        let begun = if self.set_local.is_empty() {
+            self.pool.begin_with(head).await
+        } else {
+            // Integers only: the settings are numbers, not text from outside.
+            let sql = format!("{head}; {}", self.set_local);
+            self.pool.begin_with(AssertSqlSafe(sql)).await
+        };
+        begun.map_err(classify)
+    }
+
+    async fn single(&self) -> StoreResult<Single> {
+        match self.mode {
+            PoolMode::Session => Ok(Single::Direct(self.pool.acquire().await.map_err(classify)?)),
+            PoolMode::Transaction => Ok(Single::Pooled(self.begin_with("BEGIN").await?)),
+        }
     }
 
     fn migrator() -> Migrator {
@@ -156,156 +299,198 @@ impl PgStore {
 
 use sqlx::SqlSafeStr as _;
 
+pub(crate) fn query(sql: &'static str, mode: PoolMode) -> Query<'static, Postgres, PgArguments> {
+    sqlx::query(sql).persistent(mode == PoolMode::Session)
+}
+
 #[async_trait]
 impl Store for PgStore {
     async fn migrate(&self) -> StoreResult<()> {
-        Self::migrator().run(&self.pool).await.map_err(|e| match e {
+        let migrate_error = |e| match e {
             sqlx::migrate::MigrateError::Execute(inner) => classify(inner),
             other => StoreError::Other(other.to_string()),
-        })
+        };
+        if self.mode == PoolMode::Session {
+            return Self::migrator()
+                .run(&self.pool)
+                .await
+                .map_err(migrate_error);
+        }
+        // sqlx's migrator uses named statements. Behind a transaction pooler it runs inside one
+        // transaction (each migration in a savepoint) on a connection of its own, so the server
+        // connection stays the same throughout, and its statements are deallocated before the
+        // server connection goes back to the pooler.
+        let mut conn = PgConnection::connect_with(&self.options)
+            .await
+            .map_err(classify)?;
+        let mut tx = conn.begin().await.map_err(classify)?;
+        tx.execute(AssertSqlSafe(self.set_local.clone()))
+            .await
+            .map_err(classify)?;
+        // `run_direct` is `run` on a connection we hold (`run(&mut *tx)` does not type-check:
+        // sqlx's Acquire is not general enough over the borrow's lifetime).
+        Self::migrator()
+            .run_direct(None, &mut *tx, false)
+            .await
+            .map_err(migrate_error)?;
+        tx.execute("DEALLOCATE ALL").await.map_err(classify)?;
+        tx.commit().await.map_err(classify)?;
+        conn.close().await.map_err(classify)
     }
 
     async fn ping(&self) -> StoreResult<()> {
-        sqlx::query("SELECT 1")
-            .execute(&self.pool)
+        let mut c = self.single().await?;
+        self.query("SELECT 1")
+            .execute(c.conn())
             .await
             .map_err(classify)?;
-        Ok(())
+        c.done().await
     }
 
     async fn begin(&self) -> StoreResult<Box<dyn LedgerTx>> {
         let tx = self
-            .pool
             .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ")
-            .await
-            .map_err(classify)?;
-        Ok(Box::new(PgLedgerTx { tx, batch_id: None }))
+            .await?;
+        Ok(Box::new(PgLedgerTx {
+            tx,
+            batch_id: None,
+            mode: self.mode,
+        }))
     }
 
     async fn get_account(&self, id: Uuid) -> StoreResult<Option<Account>> {
-        sqlx::query(concat!(
-            "SELECT ",
-            account_columns!(),
-            " FROM accounts WHERE id = $1"
-        ))
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(classify)?
-        .map(|r| account_from_row(&r))
-        .transpose()
+        let mut c = self.single().await?;
+        let row = self
+            .query(concat!(
+                "SELECT ",
+                account_columns!(),
+                " FROM accounts WHERE id = $1"
+            ))
+            .bind(id)
+            .fetch_optional(c.conn())
+            .await
+            .map_err(classify)?;
+        c.done().await?;
+        row.map(|r| account_from_row(&r)).transpose()
     }
 
     async fn list_accounts(&self, f: &AccountFilter) -> StoreResult<Vec<Account>> {
-        sqlx::query(concat!(
-            "SELECT ",
-            account_columns!(),
-            " FROM accounts WHERE ($1::text IS NULL OR account_number = $1)
+        let mut c = self.single().await?;
+        let rows = self
+            .query(concat!(
+                "SELECT ",
+                account_columns!(),
+                " FROM accounts WHERE ($1::text IS NULL OR account_number = $1)
                AND ($2::text IS NULL OR status = $2)
                AND ($3::uuid[] IS NULL OR id = ANY($3))
                AND ($4::uuid IS NULL OR id > $4)
              ORDER BY id LIMIT $5"
-        ))
-        .bind(&f.account_number)
-        .bind(f.status.map(|s| s.as_str()))
-        .bind(&f.only)
-        .bind(f.after)
-        .bind(i64::from(f.limit))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(classify)?
-        .iter()
-        .map(account_from_row)
-        .collect()
+            ))
+            .bind(&f.account_number)
+            .bind(f.status.map(|s| s.as_str()))
+            .bind(&f.only)
+            .bind(f.after)
+            .bind(i64::from(f.limit))
+            .fetch_all(c.conn())
+            .await
+            .map_err(classify)?;
+        c.done().await?;
+        rows.iter().map(account_from_row).collect()
     }
 
     async fn get_transaction(&self, id: Uuid) -> StoreResult<Option<Transaction>> {
-        sqlx::query(concat!(
-            "SELECT ",
-            transaction_columns!(),
-            " FROM transactions WHERE id = $1"
-        ))
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(classify)?
-        .map(|r| transaction_from_row(&r))
-        .transpose()
+        let mut c = self.single().await?;
+        let row = self
+            .query(concat!(
+                "SELECT ",
+                transaction_columns!(),
+                " FROM transactions WHERE id = $1"
+            ))
+            .bind(id)
+            .fetch_optional(c.conn())
+            .await
+            .map_err(classify)?;
+        c.done().await?;
+        row.map(|r| transaction_from_row(&r)).transpose()
     }
 
     async fn list_transactions(&self, f: &TransactionFilter) -> StoreResult<Vec<Transaction>> {
-        sqlx::query(concat!(
-            "SELECT ",
-            transaction_columns!(),
-            " FROM transactions WHERE account_id = $1
+        let mut c = self.single().await?;
+        let rows = self
+            .query(concat!(
+                "SELECT ",
+                transaction_columns!(),
+                " FROM transactions WHERE account_id = $1
                AND ($2::text IS NULL OR status = $2)
                AND ($3::text IS NULL OR type = $3)
                AND ($4::timestamptz IS NULL OR created_at >= $4)
                AND ($5::timestamptz IS NULL OR created_at < $5)
                AND ($6::bigint IS NULL OR seq < $6)
              ORDER BY seq DESC LIMIT $7"
-        ))
-        .bind(f.account_id)
-        .bind(f.status.map(|s| s.as_str()))
-        .bind(f.kind.map(|k| k.as_str()))
-        .bind(f.since)
-        .bind(f.until)
-        .bind(f.before_seq)
-        .bind(i64::from(f.limit))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(classify)?
-        .iter()
-        .map(transaction_from_row)
-        .collect()
+            ))
+            .bind(f.account_id)
+            .bind(f.status.map(|s| s.as_str()))
+            .bind(f.kind.map(|k| k.as_str()))
+            .bind(f.since)
+            .bind(f.until)
+            .bind(f.before_seq)
+            .bind(i64::from(f.limit))
+            .fetch_all(c.conn())
+            .await
+            .map_err(classify)?;
+        c.done().await?;
+        rows.iter().map(transaction_from_row).collect()
     }
 
     async fn get_transfer(&self, id: Uuid) -> StoreResult<Option<TransferView>> {
-        let mut conn = self
-            .pool
+        let mut tx = self
             .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .await?;
+        let Some(row) = self
+            .query(concat!(
+                "SELECT ",
+                transfer_columns!(),
+                " FROM transfers WHERE id = $1"
+            ))
+            .bind(id)
+            .fetch_optional(&mut *tx)
             .await
-            .map_err(classify)?;
-        let Some(row) = sqlx::query(concat!(
-            "SELECT ",
-            transfer_columns!(),
-            " FROM transfers WHERE id = $1"
-        ))
-        .bind(id)
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(classify)?
+            .map_err(classify)?
         else {
             return Ok(None);
         };
         let transfer = transfer_from_row(&row)?;
-        let legs = sqlx::query(concat!(
-            "SELECT ",
-            transaction_columns!(),
-            " FROM transactions WHERE transfer_id = $1"
-        ))
-        .bind(id)
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(classify)?
-        .iter()
-        .map(transaction_from_row)
-        .collect::<StoreResult<Vec<_>>>()?;
-        conn.commit().await.map_err(classify)?;
+        let legs = self
+            .query(concat!(
+                "SELECT ",
+                transaction_columns!(),
+                " FROM transactions WHERE transfer_id = $1"
+            ))
+            .bind(id)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(classify)?
+            .iter()
+            .map(transaction_from_row)
+            .collect::<StoreResult<Vec<_>>>()?;
+        tx.commit().await.map_err(classify)?;
         rows::assemble_transfer(transfer, &legs).map(Some)
     }
 
     async fn balance_at(&self, account_id: Uuid, at: OffsetDateTime) -> StoreResult<i64> {
-        let row = sqlx::query(
-            "SELECT balance_after FROM transactions
+        let mut c = self.single().await?;
+        let row = self
+            .query(
+                "SELECT balance_after FROM transactions
               WHERE account_id = $1 AND posted_at IS NOT NULL AND posted_at <= $2
               ORDER BY posted_at DESC, posted_seq DESC LIMIT 1",
-        )
-        .bind(account_id)
-        .bind(at)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(classify)?;
+            )
+            .bind(account_id)
+            .bind(at)
+            .fetch_optional(c.conn())
+            .await
+            .map_err(classify)?;
+        c.done().await?;
         match row {
             Some(r) => r.try_get::<i64, _>(0).map_err(classify),
             None => Ok(0),
@@ -317,30 +502,34 @@ impl Store for PgStore {
         scope: Uuid,
         key: &str,
     ) -> StoreResult<Option<IdempotencyRecord>> {
-        sqlx::query(
-            "SELECT api_key_id, key, request_hash, status, body, created_at
+        let mut c = self.single().await?;
+        let row = self
+            .query(
+                "SELECT api_key_id, key, request_hash, status, body, created_at
                FROM idempotency_keys WHERE api_key_id = $1 AND key = $2",
-        )
-        .bind(scope)
-        .bind(key)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(classify)?
-        .map(|r| idempotency_from_row(&r))
-        .transpose()
+            )
+            .bind(scope)
+            .bind(key)
+            .fetch_optional(c.conn())
+            .await
+            .map_err(classify)?;
+        c.done().await?;
+        row.map(|r| idempotency_from_row(&r)).transpose()
     }
 
     async fn find_api_key(&self, secret_hash: &[u8]) -> StoreResult<Option<ApiKeyRecord>> {
-        sqlx::query(
-            "SELECT id, name, role, account_ids, created_at, revoked_at
+        let mut c = self.single().await?;
+        let row = self
+            .query(
+                "SELECT id, name, role, account_ids, created_at, revoked_at
                FROM api_keys WHERE secret_hash = $1 AND revoked_at IS NULL",
-        )
-        .bind(secret_hash)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(classify)?
-        .map(|r| rows::api_key_from_row(&r))
-        .transpose()
+            )
+            .bind(secret_hash)
+            .fetch_optional(c.conn())
+            .await
+            .map_err(classify)?;
+        c.done().await?;
+        row.map(|r| rows::api_key_from_row(&r)).transpose()
     }
 
     async fn insert_api_key(
@@ -352,12 +541,11 @@ impl Store for PgStore {
         // SERIALIZABLE makes "insert only when the table is empty" safe against a second
         // instance starting at the same moment.
         let mut tx = self
-            .pool
             .begin_with("BEGIN ISOLATION LEVEL SERIALIZABLE")
-            .await
-            .map_err(classify)?;
+            .await?;
         if if_none_exist {
-            let any = sqlx::query("SELECT EXISTS (SELECT 1 FROM api_keys)")
+            let any = self
+                .query("SELECT EXISTS (SELECT 1 FROM api_keys)")
                 .fetch_one(&mut *tx)
                 .await
                 .map_err(classify)?
@@ -367,55 +555,62 @@ impl Store for PgStore {
                 return Ok(false);
             }
         }
-        let inserted = sqlx::query(
-            "INSERT INTO api_keys (id, name, role, account_ids, secret_hash, created_at)
+        let inserted = self
+            .query(
+                "INSERT INTO api_keys (id, name, role, account_ids, secret_hash, created_at)
              VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (secret_hash) DO NOTHING",
-        )
-        .bind(key.id)
-        .bind(&key.name)
-        .bind(&key.role)
-        .bind(&key.account_ids)
-        .bind(secret_hash)
-        .bind(key.created_at)
-        .execute(&mut *tx)
-        .await
-        .map_err(classify)?
-        .rows_affected();
+            )
+            .bind(key.id)
+            .bind(&key.name)
+            .bind(&key.role)
+            .bind(&key.account_ids)
+            .bind(secret_hash)
+            .bind(key.created_at)
+            .execute(&mut *tx)
+            .await
+            .map_err(classify)?
+            .rows_affected();
         tx.commit().await.map_err(classify)?;
         Ok(inserted == 1)
     }
 
     async fn verify(&self) -> StoreResult<VerifyReport> {
-        verify::run(&self.pool).await
+        verify::run(self).await
     }
 
     async fn resolve_batch(&self, batch_id: Uuid) -> StoreResult<Option<bool>> {
         // Inserting the same key waits for an in-flight transaction that inserted it: when that
         // one committed, the insert conflicts (committed); when it rolled back or never got there,
         // this row now blocks it from ever committing (not committed).
-        let inserted =
-            sqlx::query("INSERT INTO ledger_commits (id) VALUES ($1) ON CONFLICT (id) DO NOTHING")
-                .bind(batch_id)
-                .execute(&self.pool)
-                .await
-                .map_err(classify)?
-                .rows_affected();
+        let mut c = self.single().await?;
+        let inserted = self
+            .query("INSERT INTO ledger_commits (id) VALUES ($1) ON CONFLICT (id) DO NOTHING")
+            .bind(batch_id)
+            .execute(c.conn())
+            .await
+            .map_err(classify)?
+            .rows_affected();
+        c.done().await?;
         Ok(Some(inserted == 0))
     }
 
     async fn purge_expired(&self, before: OffsetDateTime) -> StoreResult<u64> {
-        let keys = sqlx::query("DELETE FROM idempotency_keys WHERE created_at < $1")
+        let mut c = self.single().await?;
+        let keys = self
+            .query("DELETE FROM idempotency_keys WHERE created_at < $1")
             .bind(before)
-            .execute(&self.pool)
+            .execute(c.conn())
             .await
             .map_err(classify)?
             .rows_affected();
-        let batches = sqlx::query("DELETE FROM ledger_commits WHERE created_at < $1")
+        let batches = self
+            .query("DELETE FROM ledger_commits WHERE created_at < $1")
             .bind(before)
-            .execute(&self.pool)
+            .execute(c.conn())
             .await
             .map_err(classify)?
             .rows_affected();
+        c.done().await?;
         Ok(keys + batches)
     }
 
@@ -428,6 +623,7 @@ impl Store for PgStore {
 struct PgLedgerTx {
     tx: sqlx::Transaction<'static, Postgres>,
     batch_id: Option<Uuid>,
+    mode: PoolMode,
 }
 
 #[async_trait]
@@ -438,11 +634,12 @@ impl LedgerTx for PgLedgerTx {
     ) -> StoreResult<Vec<IdempotencyRecord>> {
         let (scopes, names): (Vec<Uuid>, Vec<&str>) =
             keys.iter().map(|(s, k)| (*s, k.as_str())).unzip();
-        sqlx::query(
+        query(
             "SELECT i.api_key_id, i.key, i.request_hash, i.status, i.body, i.created_at
                FROM idempotency_keys i
                JOIN unnest($1::uuid[], $2::text[]) AS k(api_key_id, key)
                  ON i.api_key_id = k.api_key_id AND i.key = k.key",
+            self.mode,
         )
         .bind(scopes)
         .bind(names)
@@ -462,11 +659,14 @@ impl LedgerTx for PgLedgerTx {
         let mut transactions: Vec<Transaction> = if transaction_ids.is_empty() {
             Vec::new()
         } else {
-            sqlx::query(concat!(
-                "SELECT ",
-                transaction_columns!(),
-                " FROM transactions WHERE id = ANY($1)"
-            ))
+            query(
+                concat!(
+                    "SELECT ",
+                    transaction_columns!(),
+                    " FROM transactions WHERE id = ANY($1)"
+                ),
+                self.mode,
+            )
             .bind(transaction_ids)
             .fetch_all(&mut *self.tx)
             .await
@@ -482,11 +682,14 @@ impl LedgerTx for PgLedgerTx {
         if wanted.is_empty() {
             return Ok((transactions, Vec::new()));
         }
-        let transfers = sqlx::query(concat!(
-            "SELECT ",
-            transfer_columns!(),
-            " FROM transfers WHERE id = ANY($1)"
-        ))
+        let transfers = query(
+            concat!(
+                "SELECT ",
+                transfer_columns!(),
+                " FROM transfers WHERE id = ANY($1)"
+            ),
+            self.mode,
+        )
         .bind(&wanted)
         .fetch_all(&mut *self.tx)
         .await
@@ -494,11 +697,14 @@ impl LedgerTx for PgLedgerTx {
         .iter()
         .map(transfer_from_row)
         .collect::<StoreResult<Vec<_>>>()?;
-        let legs = sqlx::query(concat!(
-            "SELECT ",
-            transaction_columns!(),
-            " FROM transactions WHERE transfer_id = ANY($1)"
-        ))
+        let legs = query(
+            concat!(
+                "SELECT ",
+                transaction_columns!(),
+                " FROM transactions WHERE transfer_id = ANY($1)"
+            ),
+            self.mode,
+        )
         .bind(&wanted)
         .fetch_all(&mut *self.tx)
         .await
@@ -517,11 +723,14 @@ impl LedgerTx for PgLedgerTx {
             ids.windows(2).all(|w| w[0] < w[1]),
             "lock order is ascending id"
         );
-        sqlx::query(concat!(
-            "SELECT ",
-            account_columns!(),
-            " FROM accounts WHERE id = ANY($1) ORDER BY id FOR UPDATE"
-        ))
+        query(
+            concat!(
+                "SELECT ",
+                account_columns!(),
+                " FROM accounts WHERE id = ANY($1) ORDER BY id FOR UPDATE"
+            ),
+            self.mode,
+        )
         .bind(ids)
         .fetch_all(&mut *self.tx)
         .await
@@ -532,14 +741,17 @@ impl LedgerTx for PgLedgerTx {
     }
 
     async fn taken_account_numbers(&mut self, numbers: &[String]) -> StoreResult<Vec<String>> {
-        sqlx::query("SELECT account_number FROM accounts WHERE account_number = ANY($1)")
-            .bind(numbers)
-            .fetch_all(&mut *self.tx)
-            .await
-            .map_err(classify)?
-            .iter()
-            .map(|r| r.try_get::<String, _>(0).map_err(classify))
-            .collect()
+        query(
+            "SELECT account_number FROM accounts WHERE account_number = ANY($1)",
+            self.mode,
+        )
+        .bind(numbers)
+        .fetch_all(&mut *self.tx)
+        .await
+        .map_err(classify)?
+        .iter()
+        .map(|r| r.try_get::<String, _>(0).map_err(classify))
+        .collect()
     }
 
     async fn write(
@@ -547,7 +759,7 @@ impl LedgerTx for PgLedgerTx {
         changes: &Changes,
         idempotency: &[IdempotencyRecord],
     ) -> StoreResult<()> {
-        rows::write_changes(&mut self.tx, changes, idempotency, self.batch_id).await
+        rows::write_changes(&mut self.tx, changes, idempotency, self.batch_id, self.mode).await
     }
 
     async fn mark_batch(&mut self, batch_id: Uuid) -> StoreResult<()> {

@@ -10,7 +10,7 @@ use zeta_ledger::{
 };
 use zeta_store::{ApiKeyRecord, IdempotencyRecord, StoreError, StoreResult};
 
-use crate::classify;
+use crate::{PoolMode, classify, query};
 
 fn corrupt(what: &str, value: &str) -> StoreError {
     StoreError::Other(format!("unexpected {what} in database: {value:?}"))
@@ -146,12 +146,13 @@ pub(crate) async fn write_changes(
     c: &Changes,
     idempotency: &[IdempotencyRecord],
     batch_id: Option<Uuid>,
+    mode: PoolMode,
 ) -> StoreResult<()> {
     let (na, ua) = (&c.new_accounts, &c.updated_accounts);
     let (nt, ut) = (&c.new_transfers, &c.updated_transfers);
     let (nx, ux) = (&c.new_transactions, &c.updated_transactions);
     let i = idempotency;
-    sqlx::query(
+    query(
         "WITH
          new_accounts AS (
            INSERT INTO accounts (id, account_number, owner_name, currency, balance, held, status,
@@ -206,6 +207,7 @@ pub(crate) async fn write_changes(
          marker AS (
            INSERT INTO ledger_commits (id) SELECT $72::uuid WHERE $72::uuid IS NOT NULL)
          SELECT 1",
+        mode,
     )
     // new accounts
     .bind(na.iter().map(|x| x.id).collect::<Vec<_>>())

@@ -1,9 +1,9 @@
 //! `zeta verify` on PostgreSQL: every invariant of the API recomputed in SQL on one snapshot.
 
-use sqlx::{PgPool, Row};
+use sqlx::Row;
 use zeta_store::{StoreResult, VerifyReport};
 
-use crate::classify;
+use crate::{PgStore, classify};
 
 /// Each check returns rows of (kind, id) that break it.
 const CHECKS: &[(&str, &str)] = &[
@@ -62,18 +62,18 @@ const CHECKS: &[(&str, &str)] = &[
     ),
 ];
 
-pub(crate) async fn run(pool: &PgPool) -> StoreResult<VerifyReport> {
-    let mut tx = pool
+pub(crate) async fn run(store: &PgStore) -> StoreResult<VerifyReport> {
+    let mut tx = store
         .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .await?;
+    let totals = store
+        .query(
+            "SELECT (SELECT count(*) FROM accounts), (SELECT count(*) FROM transactions),
+                (SELECT COALESCE(SUM(balance), 0)::text FROM accounts)",
+        )
+        .fetch_one(&mut *tx)
         .await
         .map_err(classify)?;
-    let totals = sqlx::query(
-        "SELECT (SELECT count(*) FROM accounts), (SELECT count(*) FROM transactions),
-                (SELECT COALESCE(SUM(balance), 0)::text FROM accounts)",
-    )
-    .fetch_one(&mut *tx)
-    .await
-    .map_err(classify)?;
     let mut report = VerifyReport {
         accounts: totals.try_get(0).map_err(classify)?,
         transactions: totals.try_get(1).map_err(classify)?,
@@ -85,7 +85,8 @@ pub(crate) async fn run(pool: &PgPool) -> StoreResult<VerifyReport> {
         problems: Vec::new(),
     };
     for (what, sql) in CHECKS {
-        for row in sqlx::query(*sql)
+        for row in store
+            .query(sql)
             .fetch_all(&mut *tx)
             .await
             .map_err(classify)?
