@@ -1,5 +1,6 @@
 //! The real binary as a person runs it: the quick start on the embedded SQLite default, a crash
-//! (kill -9) in the middle of idempotent transfers, and a graceful SIGTERM under load.
+//! (kill -9) in the middle of idempotent transfers, a graceful SIGTERM under load, PostgreSQL
+//! stopped under load, and three processes on one PostgreSQL database.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
