@@ -772,3 +772,40 @@ impl LedgerTx for PgLedgerTx {
         self.tx.commit().await.map_err(classify)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{PoolMode, split_pool_mode};
+
+    #[test]
+    fn pool_mode_is_taken_off_the_url() {
+        let split = |url: &str| split_pool_mode(url).expect("valid");
+        assert_eq!(
+            split("postgres://u@h:6432/zeta?pool-mode=transaction"),
+            ("postgres://u@h:6432/zeta".into(), PoolMode::Transaction)
+        );
+        assert_eq!(
+            split("postgres://u@h/zeta?sslmode=disable&pool-mode=transaction&application_name=x"),
+            (
+                "postgres://u@h/zeta?sslmode=disable&application_name=x".into(),
+                PoolMode::Transaction
+            )
+        );
+        assert_eq!(
+            split("postgres://u@h/zeta?pool-mode=session"),
+            ("postgres://u@h/zeta".into(), PoolMode::Session)
+        );
+        assert_eq!(
+            split("postgres://u@h/zeta?sslmode=disable"),
+            (
+                "postgres://u@h/zeta?sslmode=disable".into(),
+                PoolMode::Session
+            )
+        );
+        assert_eq!(
+            split("postgres://u@h/zeta"),
+            ("postgres://u@h/zeta".into(), PoolMode::Session)
+        );
+        assert!(split_pool_mode("postgres://u@h/zeta?pool-mode=statement").is_err());
+    }
+}
