@@ -26,8 +26,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{PgPool, Postgres, Row};
+use sqlx::pool::PoolConnection;
+use sqlx::postgres::{PgArguments, PgConnectOptions, PgPoolOptions};
+use sqlx::query::Query;
+use sqlx::{AssertSqlSafe, Connection, Executor, PgConnection, PgPool, Postgres, Row};
 use time::OffsetDateTime;
 use uuid::Uuid;
 use zeta_ledger::audit::{AuditEvent, ChainHead};
@@ -59,6 +61,63 @@ impl Default for PgSettings {
     }
 }
 
+/// How Zeta reaches PostgreSQL, named by the URL parameter [`POOL_MODE_PARAM`].
+///
+/// `session` (the default): a direct connection, or a pooler that gives a client one server
+/// connection for its whole session (PgBouncer `pool_mode = session`). Statements are prepared
+/// once per connection and cached (sqlx's named statements), and the timeouts are session
+/// settings sent at connect.
+///
+/// `transaction`: a pooler that may hand the server connection to another client after every
+/// transaction (PgBouncer `pool_mode = transaction`, which before 1.21 does not carry prepared
+/// statements). Every statement is then unnamed and runs inside an explicit transaction (sqlx
+/// parses a statement and binds it after a second Sync; outside a transaction the pooler could
+/// switch server connections in between), the timeouts are `SET LOCAL` in each transaction, no
+/// startup parameter the pooler refuses is sent, and migrations run in one transaction on a
+/// connection of their own. Each statement then costs a second round trip (parse, then bind),
+/// and a statement outside the engine's transactions two more (BEGIN, COMMIT).
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub enum PoolMode {
+    #[default]
+    Session,
+    Transaction,
+}
+
+/// The `DATABASE_URL` query parameter that selects the [`PoolMode`]:
+/// `postgres://…/zeta?pool-mode=transaction`. Zeta removes it before connecting.
+pub const POOL_MODE_PARAM: &str = "pool-mode";
+
+/// Removes [`POOL_MODE_PARAM`] from a PostgreSQL URL: the URL to connect to, and the mode.
+pub fn split_pool_mode(url: &str) -> StoreResult<(String, PoolMode)> {
+    let Some((base, query)) = url.split_once('?') else {
+        return Ok((url.to_string(), PoolMode::Session));
+    };
+    let mut mode = PoolMode::Session;
+    let mut kept = Vec::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some((POOL_MODE_PARAM, value)) => {
+                mode = match value {
+                    "session" => PoolMode::Session,
+                    "transaction" => PoolMode::Transaction,
+                    other => {
+                        return Err(StoreError::Other(format!(
+                            "bad DATABASE_URL: {POOL_MODE_PARAM}={other:?}: use session or transaction"
+                        )));
+                    }
+                }
+            }
+            _ => kept.push(pair),
+        }
+    }
+    let url = if kept.is_empty() {
+        base.to_string()
+    } else {
+        format!("{base}?{}", kept.join("&"))
+    };
+    Ok((url, mode))
+}
+
 #[derive(Clone, Debug)]
 pub struct PgStore {
     /// The primary: the ledger engine's transactions, idempotency, API keys, migrations, verify,
@@ -67,6 +126,35 @@ pub struct PgStore {
     /// A streaming replica for the API's reads (accounts, listings, history, balance at an
     /// instant); `None`: those read the primary too.
     replica: Option<PgPool>,
+    mode: PoolMode,
+    /// `SET LOCAL` of the timeouts, run with every BEGIN (transaction pooling only).
+    set_local: String,
+    /// Where migrations connect (transaction pooling only: a connection of their own).
+    options: PgConnectOptions,
+}
+
+/// A connection for statements outside the engine's transactions. Behind a transaction pooler
+/// it is a transaction of its own, so that the server connection stays the same from an
+/// unnamed statement's parse to its execution.
+enum Single {
+    Direct(PoolConnection<Postgres>),
+    Pooled(sqlx::Transaction<'static, Postgres>),
+}
+
+impl Single {
+    fn conn(&mut self) -> &mut PgConnection {
+        match self {
+            Self::Direct(c) => c,
+            Self::Pooled(t) => t,
+        }
+    }
+
+    async fn done(self) -> StoreResult<()> {
+        match self {
+            Self::Direct(_) => Ok(()),
+            Self::Pooled(t) => t.commit().await.map_err(classify),
+        }
+    }
 }
 
 const MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -125,40 +213,72 @@ pub(crate) fn classify(err: sqlx::Error) -> StoreError {
 
 impl PgStore {
     /// A lazily connecting pool: the server starts even while the database is down.
+    /// A lazily connecting pool: the server starts even while the database is down. The URL may
+    /// carry [`POOL_MODE_PARAM`].
     pub fn connect(url: &str, settings: &PgSettings) -> StoreResult<Self> {
+        let (url, mode) = split_pool_mode(url)?;
         let options: PgConnectOptions = url
             .parse()
             .map_err(|e: sqlx::Error| StoreError::Other(format!("bad DATABASE_URL: {e}")))?;
-        let statement_timeout = settings.statement_timeout.as_millis().to_string();
-        let lock_timeout = settings.lock_timeout.as_millis().to_string();
-        let options = options.application_name("zeta").options([
-            ("statement_timeout", statement_timeout.as_str()),
-            ("lock_timeout", lock_timeout.as_str()),
-        ]);
+        let statement_timeout = settings.statement_timeout.as_millis();
+        let lock_timeout = settings.lock_timeout.as_millis();
+        let options = options.application_name("zeta");
+        let (options, set_local) = match mode {
+            PoolMode::Session => (
+                options.options([
+                    ("statement_timeout", statement_timeout.to_string().as_str()),
+                    ("lock_timeout", lock_timeout.to_string().as_str()),
+                ]),
+                String::new(),
+            ),
+            // PgBouncer refuses startup parameters it does not track (`options`,
+            // `extra_float_digits`); the timeouts are set in every transaction instead.
+            PoolMode::Transaction => (
+                options.extra_float_digits(None),
+                format!(
+                    "SET LOCAL statement_timeout = {statement_timeout}; \
+                     SET LOCAL lock_timeout = {lock_timeout}"
+                ),
+            ),
+        };
         let pool = PgPoolOptions::new()
             .max_connections(settings.max_connections)
             .acquire_timeout(settings.acquire_timeout)
-            .connect_lazy_with(options);
+            .connect_lazy_with(options.clone());
         Ok(Self {
             pool,
             replica: None,
+            mode,
+            set_local,
+            options,
         })
     }
 
     /// Serves the API's reads (see [`Store::get_account`]) from the streaming replica at `url`,
-    /// with a pool of its own (same size and timeouts, connecting lazily). Its sessions are
-    /// read-only, so a write sent there by mistake fails instead of landing on the wrong server.
+    /// with a pool of its own (same size, timeouts and [`PoolMode`] rules, connecting lazily).
+    /// On a direct connection its sessions are also read-only, so a write sent there by mistake
+    /// fails instead of landing on the wrong server (a standby refuses writes anyway).
     pub fn with_read_replica(mut self, url: &str, settings: &PgSettings) -> StoreResult<Self> {
+        let (url, mode) = split_pool_mode(url)?;
         let options: PgConnectOptions = url.parse().map_err(|e: sqlx::Error| {
             StoreError::Other(format!("bad ZETA_DATABASE_READ_URL: {e}"))
         })?;
+        if mode != self.mode {
+            return Err(StoreError::Other(format!(
+                "ZETA_DATABASE_READ_URL must use the same {POOL_MODE_PARAM} as DATABASE_URL"
+            )));
+        }
         let statement_timeout = settings.statement_timeout.as_millis().to_string();
         let lock_timeout = settings.lock_timeout.as_millis().to_string();
-        let options = options.application_name("zeta-reads").options([
-            ("statement_timeout", statement_timeout.as_str()),
-            ("lock_timeout", lock_timeout.as_str()),
-            ("default_transaction_read_only", "on"),
-        ]);
+        let options = options.application_name("zeta-reads");
+        let options = match mode {
+            PoolMode::Session => options.options([
+                ("statement_timeout", statement_timeout.as_str()),
+                ("lock_timeout", lock_timeout.as_str()),
+                ("default_transaction_read_only", "on"),
+            ]),
+            PoolMode::Transaction => options.extra_float_digits(None),
+        };
         self.replica = Some(
             PgPoolOptions::new()
                 .max_connections(settings.max_connections)
@@ -175,6 +295,72 @@ impl PgStore {
     /// Where the API's reads go: the replica when there is one, else the primary.
     fn reads(&self) -> &PgPool {
         self.replica.as_ref().unwrap_or(&self.pool)
+    }
+
+    pub fn pool_mode(&self) -> PoolMode {
+        self.mode
+    }
+
+    /// A query with bound parameters: a cached named statement, or an unnamed one behind a
+    /// transaction pooler (a named one would stay on a server connection that other clients get).
+    pub(crate) fn query(&self, sql: &'static str) -> Query<'static, Postgres, PgArguments> {
+        query(sql, self.mode)
+    }
+
+    /// BEGIN with `head` (e.g. `BEGIN ISOLATION LEVEL REPEATABLE READ`), and the timeouts.
+    pub(crate) async fn begin_with(
+        &self,
+        head: &'static str,
+    ) -> StoreResult<sqlx::Transaction<'static, Postgres>> {
+        self.begin_on(&self.pool, head).await
+    }
+
+    async fn begin_on(
+        &self,
+        pool: &PgPool,
+        head: &'static str,
+    ) -> StoreResult<sqlx::Transaction<'static, Postgres>> {
+        let begun = if self.set_local.is_empty() {
+            pool.begin_with(head).await
+        } else {
+            // Integers only: the settings are numbers, not text from outside.
+            let sql = format!("{head}; {}", self.set_local);
+            pool.begin_with(AssertSqlSafe(sql)).await
+        };
+        begun.map_err(classify)
+    }
+
+    /// One account by id, on the given connection.
+    async fn account_on(&self, mut c: Single, id: Uuid) -> StoreResult<Option<Account>> {
+        let row = self
+            .query(concat!(
+                "SELECT ",
+                account_columns!(),
+                " FROM accounts WHERE id = $1"
+            ))
+            .bind(id)
+            .fetch_optional(c.conn())
+            .await
+            .map_err(classify)?;
+        c.done().await?;
+        row.map(|r| account_from_row(&r)).transpose()
+    }
+
+    /// A connection to the primary for one statement.
+    async fn single(&self) -> StoreResult<Single> {
+        self.single_on(&self.pool).await
+    }
+
+    /// A connection for one of the API's reads: the replica when there is one.
+    async fn read_single(&self) -> StoreResult<Single> {
+        self.single_on(self.reads()).await
+    }
+
+    async fn single_on(&self, pool: &PgPool) -> StoreResult<Single> {
+        match self.mode {
+            PoolMode::Session => Ok(Single::Direct(pool.acquire().await.map_err(classify)?)),
+            PoolMode::Transaction => Ok(Single::Pooled(self.begin_on(pool, "BEGIN").await?)),
+        }
     }
 
     fn migrator() -> Migrator {
@@ -203,185 +389,214 @@ impl PgStore {
 
 use sqlx::SqlSafeStr as _;
 
+pub(crate) fn query(sql: &'static str, mode: PoolMode) -> Query<'static, Postgres, PgArguments> {
+    sqlx::query(sql).persistent(mode == PoolMode::Session)
+}
+
 #[async_trait]
 impl Store for PgStore {
     async fn migrate(&self) -> StoreResult<()> {
-        Self::migrator().run(&self.pool).await.map_err(|e| match e {
+        let migrate_error = |e| match e {
             sqlx::migrate::MigrateError::Execute(inner) => classify(inner),
             other => StoreError::Other(other.to_string()),
-        })
+        };
+        if self.mode == PoolMode::Session {
+            return Self::migrator()
+                .run(&self.pool)
+                .await
+                .map_err(migrate_error);
+        }
+        // sqlx's migrator uses named statements. Behind a transaction pooler it runs inside one
+        // transaction (each migration in a savepoint) on a connection of its own, so the server
+        // connection stays the same throughout, and its statements are deallocated before the
+        // server connection goes back to the pooler.
+        let mut conn = PgConnection::connect_with(&self.options)
+            .await
+            .map_err(classify)?;
+        let mut tx = conn.begin().await.map_err(classify)?;
+        tx.execute(AssertSqlSafe(self.set_local.clone()))
+            .await
+            .map_err(classify)?;
+        // `run_direct` is `run` on a connection we hold (`run(&mut *tx)` does not type-check:
+        // sqlx's Acquire is not general enough over the borrow's lifetime).
+        Self::migrator()
+            .run_direct(None, &mut *tx, false)
+            .await
+            .map_err(migrate_error)?;
+        tx.execute("DEALLOCATE ALL").await.map_err(classify)?;
+        tx.commit().await.map_err(classify)?;
+        conn.close().await.map_err(classify)
     }
 
     async fn ping(&self) -> StoreResult<()> {
-        sqlx::query("SELECT 1")
-            .execute(&self.pool)
+        let mut c = self.single().await?;
+        self.query("SELECT 1")
+            .execute(c.conn())
             .await
             .map_err(classify)?;
-        Ok(())
+        c.done().await
     }
 
     async fn begin(&self) -> StoreResult<Box<dyn LedgerTx>> {
         let tx = self
-            .pool
             .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ")
-            .await
-            .map_err(classify)?;
-        Ok(Box::new(PgLedgerTx { tx, batch_id: None }))
+            .await?;
+        Ok(Box::new(PgLedgerTx {
+            tx,
+            batch_id: None,
+            mode: self.mode,
+        }))
     }
 
     async fn get_account(&self, id: Uuid) -> StoreResult<Option<Account>> {
-        sqlx::query(concat!(
-            "SELECT ",
-            account_columns!(),
-            " FROM accounts WHERE id = $1"
-        ))
-        .bind(id)
-        .fetch_optional(self.reads())
-        .await
-        .map_err(classify)?
-        .map(|r| account_from_row(&r))
-        .transpose()
+        let c = self.read_single().await?;
+        self.account_on(c, id).await
+    }
+
+    async fn get_account_fresh(&self, id: Uuid) -> StoreResult<Option<Account>> {
+        let c = self.single().await?;
+        self.account_on(c, id).await
+    }
+
+    async fn ping_replica(&self) -> Option<StoreResult<()>> {
+        let replica = self.replica.as_ref()?;
+        Some(
+            async {
+                let mut c = self.single_on(replica).await?;
+                self.query("SELECT 1")
+                    .execute(c.conn())
+                    .await
+                    .map_err(classify)?;
+                c.done().await
+            }
+            .await,
+        )
     }
 
     async fn list_accounts(&self, f: &AccountFilter) -> StoreResult<Vec<Account>> {
-        sqlx::query(concat!(
-            "SELECT ",
-            account_columns!(),
-            " FROM accounts WHERE ($1::text IS NULL OR account_number = $1)
+        let mut c = self.read_single().await?;
+        let rows = self
+            .query(concat!(
+                "SELECT ",
+                account_columns!(),
+                " FROM accounts WHERE ($1::text IS NULL OR account_number = $1)
                AND ($2::text IS NULL OR status = $2)
                AND ($3::uuid[] IS NULL OR id = ANY($3))
                AND ($4::uuid IS NULL OR id > $4)
              ORDER BY id LIMIT $5"
-        ))
-        .bind(&f.account_number)
-        .bind(f.status.map(|s| s.as_str()))
-        .bind(&f.only)
-        .bind(f.after)
-        .bind(i64::from(f.limit))
-        .fetch_all(self.reads())
-        .await
-        .map_err(classify)?
-        .iter()
-        .map(account_from_row)
-        .collect()
+            ))
+            .bind(&f.account_number)
+            .bind(f.status.map(|s| s.as_str()))
+            .bind(&f.only)
+            .bind(f.after)
+            .bind(i64::from(f.limit))
+            .fetch_all(c.conn())
+            .await
+            .map_err(classify)?;
+        c.done().await?;
+        rows.iter().map(account_from_row).collect()
     }
 
     async fn get_transaction(&self, id: Uuid) -> StoreResult<Option<Transaction>> {
-        sqlx::query(concat!(
-            "SELECT ",
-            transaction_columns!(),
-            " FROM transactions WHERE id = $1"
-        ))
-        .bind(id)
-        .fetch_optional(self.reads())
-        .await
-        .map_err(classify)?
-        .map(|r| transaction_from_row(&r))
-        .transpose()
+        let mut c = self.read_single().await?;
+        let row = self
+            .query(concat!(
+                "SELECT ",
+                transaction_columns!(),
+                " FROM transactions WHERE id = $1"
+            ))
+            .bind(id)
+            .fetch_optional(c.conn())
+            .await
+            .map_err(classify)?;
+        c.done().await?;
+        row.map(|r| transaction_from_row(&r)).transpose()
     }
 
     async fn list_transactions(&self, f: &TransactionFilter) -> StoreResult<Vec<Transaction>> {
-        sqlx::query(concat!(
-            "SELECT ",
-            transaction_columns!(),
-            " FROM transactions WHERE account_id = $1
+        let mut c = self.read_single().await?;
+        let rows = self
+            .query(concat!(
+                "SELECT ",
+                transaction_columns!(),
+                " FROM transactions WHERE account_id = $1
                AND ($2::text IS NULL OR status = $2)
                AND ($3::text IS NULL OR type = $3)
                AND ($4::timestamptz IS NULL OR created_at >= $4)
                AND ($5::timestamptz IS NULL OR created_at < $5)
                AND ($6::bigint IS NULL OR seq < $6)
              ORDER BY seq DESC LIMIT $7"
-        ))
-        .bind(f.account_id)
-        .bind(f.status.map(|s| s.as_str()))
-        .bind(f.kind.map(|k| k.as_str()))
-        .bind(f.since)
-        .bind(f.until)
-        .bind(f.before_seq)
-        .bind(i64::from(f.limit))
-        .fetch_all(self.reads())
-        .await
-        .map_err(classify)?
-        .iter()
-        .map(transaction_from_row)
-        .collect()
+            ))
+            .bind(f.account_id)
+            .bind(f.status.map(|s| s.as_str()))
+            .bind(f.kind.map(|k| k.as_str()))
+            .bind(f.since)
+            .bind(f.until)
+            .bind(f.before_seq)
+            .bind(i64::from(f.limit))
+            .fetch_all(c.conn())
+            .await
+            .map_err(classify)?;
+        c.done().await?;
+        rows.iter().map(transaction_from_row).collect()
     }
 
     async fn get_transfer(&self, id: Uuid) -> StoreResult<Option<TransferView>> {
-        let mut conn = self
-            .reads()
-            .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        let mut tx = self
+            .begin_on(
+                self.reads(),
+                "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
+            )
+            .await?;
+        let Some(row) = self
+            .query(concat!(
+                "SELECT ",
+                transfer_columns!(),
+                " FROM transfers WHERE id = $1"
+            ))
+            .bind(id)
+            .fetch_optional(&mut *tx)
             .await
-            .map_err(classify)?;
-        let Some(row) = sqlx::query(concat!(
-            "SELECT ",
-            transfer_columns!(),
-            " FROM transfers WHERE id = $1"
-        ))
-        .bind(id)
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(classify)?
+            .map_err(classify)?
         else {
             return Ok(None);
         };
         let transfer = transfer_from_row(&row)?;
-        let legs = sqlx::query(concat!(
-            "SELECT ",
-            transaction_columns!(),
-            " FROM transactions WHERE transfer_id = $1"
-        ))
-        .bind(id)
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(classify)?
-        .iter()
-        .map(transaction_from_row)
-        .collect::<StoreResult<Vec<_>>>()?;
-        conn.commit().await.map_err(classify)?;
+        let legs = self
+            .query(concat!(
+                "SELECT ",
+                transaction_columns!(),
+                " FROM transactions WHERE transfer_id = $1"
+            ))
+            .bind(id)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(classify)?
+            .iter()
+            .map(transaction_from_row)
+            .collect::<StoreResult<Vec<_>>>()?;
+        tx.commit().await.map_err(classify)?;
         rows::assemble_transfer(transfer, &legs).map(Some)
     }
 
     async fn balance_at(&self, account_id: Uuid, at: OffsetDateTime) -> StoreResult<i64> {
-        let row = sqlx::query(
-            "SELECT balance_after FROM transactions
+        let mut c = self.read_single().await?;
+        let row = self
+            .query(
+                "SELECT balance_after FROM transactions
               WHERE account_id = $1 AND posted_at IS NOT NULL AND posted_at <= $2
               ORDER BY posted_at DESC, posted_seq DESC LIMIT 1",
-        )
-        .bind(account_id)
-        .bind(at)
-        .fetch_optional(self.reads())
-        .await
-        .map_err(classify)?;
+            )
+            .bind(account_id)
+            .bind(at)
+            .fetch_optional(c.conn())
+            .await
+            .map_err(classify)?;
+        c.done().await?;
         match row {
             Some(r) => r.try_get::<i64, _>(0).map_err(classify),
             None => Ok(0),
         }
-    }
-
-    async fn get_account_fresh(&self, id: Uuid) -> StoreResult<Option<Account>> {
-        sqlx::query(concat!(
-            "SELECT ",
-            account_columns!(),
-            " FROM accounts WHERE id = $1"
-        ))
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(classify)?
-        .map(|r| account_from_row(&r))
-        .transpose()
-    }
-
-    async fn ping_replica(&self) -> Option<StoreResult<()>> {
-        let replica = self.replica.as_ref()?;
-        Some(
-            sqlx::query("SELECT 1")
-                .execute(replica)
-                .await
-                .map(drop)
-                .map_err(classify),
-        )
     }
 
     async fn get_idempotency(
@@ -389,80 +604,94 @@ impl Store for PgStore {
         scope: Uuid,
         key: &str,
     ) -> StoreResult<Option<IdempotencyRecord>> {
-        sqlx::query(
-            "SELECT api_key_id, key, request_hash, status, body, created_at
+        let mut c = self.single().await?;
+        let row = self
+            .query(
+                "SELECT api_key_id, key, request_hash, status, body, created_at
                FROM idempotency_keys WHERE api_key_id = $1 AND key = $2",
-        )
-        .bind(scope)
-        .bind(key)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(classify)?
-        .map(|r| idempotency_from_row(&r))
-        .transpose()
+            )
+            .bind(scope)
+            .bind(key)
+            .fetch_optional(c.conn())
+            .await
+            .map_err(classify)?;
+        c.done().await?;
+        row.map(|r| idempotency_from_row(&r)).transpose()
     }
 
     async fn find_api_key(&self, secret_hash: &[u8]) -> StoreResult<Option<ApiKeyRecord>> {
-        sqlx::query(
-            "SELECT id, name, role, account_ids, created_at, revoked_at
+        let mut c = self.single().await?;
+        let row = self
+            .query(
+                "SELECT id, name, role, account_ids, created_at, revoked_at
                FROM api_keys WHERE secret_hash = $1 AND revoked_at IS NULL",
-        )
-        .bind(secret_hash)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(classify)?
-        .map(|r| rows::api_key_from_row(&r))
-        .transpose()
+            )
+            .bind(secret_hash)
+            .fetch_optional(c.conn())
+            .await
+            .map_err(classify)?;
+        c.done().await?;
+        row.map(|r| rows::api_key_from_row(&r)).transpose()
     }
 
     async fn list_api_keys(&self) -> StoreResult<Vec<ApiKeyRecord>> {
-        sqlx::query(
-            "SELECT id, name, role, account_ids, created_at, revoked_at
-               FROM api_keys WHERE revoked_at IS NULL ORDER BY created_at, id",
-        )
-        .fetch_all(&self.pool)
-        .await
-        .map_err(classify)?
-        .iter()
-        .map(rows::api_key_from_row)
-        .collect()
+        let mut c = self.single().await?;
+        let rows = self
+            .query(
+                "SELECT id, name, role, account_ids, created_at, revoked_at
+                   FROM api_keys WHERE revoked_at IS NULL ORDER BY created_at, id",
+            )
+            .fetch_all(c.conn())
+            .await
+            .map_err(classify)?;
+        c.done().await?;
+        rows.iter().map(rows::api_key_from_row).collect()
     }
 
     async fn list_audit_events(&self, after_seq: i64, limit: u32) -> StoreResult<Vec<AuditEvent>> {
-        rows::audit_events(&self.pool, after_seq, limit).await
+        let mut c = self.single().await?;
+        let events = rows::audit_events(c.conn(), self.mode, after_seq, limit).await;
+        c.done().await?;
+        events
     }
 
     async fn verify(&self) -> StoreResult<VerifyReport> {
-        verify::run(&self.pool).await
+        verify::run(self).await
     }
 
     async fn resolve_batch(&self, batch_id: Uuid) -> StoreResult<Option<bool>> {
         // Inserting the same key waits for an in-flight transaction that inserted it: when that
         // one committed, the insert conflicts (committed); when it rolled back or never got there,
         // this row now blocks it from ever committing (not committed).
-        let inserted =
-            sqlx::query("INSERT INTO ledger_commits (id) VALUES ($1) ON CONFLICT (id) DO NOTHING")
-                .bind(batch_id)
-                .execute(&self.pool)
-                .await
-                .map_err(classify)?
-                .rows_affected();
+        let mut c = self.single().await?;
+        let inserted = self
+            .query("INSERT INTO ledger_commits (id) VALUES ($1) ON CONFLICT (id) DO NOTHING")
+            .bind(batch_id)
+            .execute(c.conn())
+            .await
+            .map_err(classify)?
+            .rows_affected();
+        c.done().await?;
         Ok(Some(inserted == 0))
     }
 
     async fn purge_expired(&self, before: OffsetDateTime) -> StoreResult<u64> {
-        let keys = sqlx::query("DELETE FROM idempotency_keys WHERE created_at < $1")
+        let mut c = self.single().await?;
+        let keys = self
+            .query("DELETE FROM idempotency_keys WHERE created_at < $1")
             .bind(before)
-            .execute(&self.pool)
+            .execute(c.conn())
             .await
             .map_err(classify)?
             .rows_affected();
-        let batches = sqlx::query("DELETE FROM ledger_commits WHERE created_at < $1")
+        let batches = self
+            .query("DELETE FROM ledger_commits WHERE created_at < $1")
             .bind(before)
-            .execute(&self.pool)
+            .execute(c.conn())
             .await
             .map_err(classify)?
             .rows_affected();
+        c.done().await?;
         Ok(keys + batches)
     }
 
@@ -475,6 +704,7 @@ impl Store for PgStore {
 struct PgLedgerTx {
     tx: sqlx::Transaction<'static, Postgres>,
     batch_id: Option<Uuid>,
+    mode: PoolMode,
 }
 
 #[async_trait]
@@ -485,11 +715,12 @@ impl LedgerTx for PgLedgerTx {
     ) -> StoreResult<Vec<IdempotencyRecord>> {
         let (scopes, names): (Vec<Uuid>, Vec<&str>) =
             keys.iter().map(|(s, k)| (*s, k.as_str())).unzip();
-        sqlx::query(
+        query(
             "SELECT i.api_key_id, i.key, i.request_hash, i.status, i.body, i.created_at
                FROM idempotency_keys i
                JOIN unnest($1::uuid[], $2::text[]) AS k(api_key_id, key)
                  ON i.api_key_id = k.api_key_id AND i.key = k.key",
+            self.mode,
         )
         .bind(scopes)
         .bind(names)
@@ -509,11 +740,14 @@ impl LedgerTx for PgLedgerTx {
         let mut transactions: Vec<Transaction> = if transaction_ids.is_empty() {
             Vec::new()
         } else {
-            sqlx::query(concat!(
-                "SELECT ",
-                transaction_columns!(),
-                " FROM transactions WHERE id = ANY($1)"
-            ))
+            query(
+                concat!(
+                    "SELECT ",
+                    transaction_columns!(),
+                    " FROM transactions WHERE id = ANY($1)"
+                ),
+                self.mode,
+            )
             .bind(transaction_ids)
             .fetch_all(&mut *self.tx)
             .await
@@ -529,11 +763,14 @@ impl LedgerTx for PgLedgerTx {
         if wanted.is_empty() {
             return Ok((transactions, Vec::new()));
         }
-        let transfers = sqlx::query(concat!(
-            "SELECT ",
-            transfer_columns!(),
-            " FROM transfers WHERE id = ANY($1)"
-        ))
+        let transfers = query(
+            concat!(
+                "SELECT ",
+                transfer_columns!(),
+                " FROM transfers WHERE id = ANY($1)"
+            ),
+            self.mode,
+        )
         .bind(&wanted)
         .fetch_all(&mut *self.tx)
         .await
@@ -541,11 +778,14 @@ impl LedgerTx for PgLedgerTx {
         .iter()
         .map(transfer_from_row)
         .collect::<StoreResult<Vec<_>>>()?;
-        let legs = sqlx::query(concat!(
-            "SELECT ",
-            transaction_columns!(),
-            " FROM transactions WHERE transfer_id = ANY($1)"
-        ))
+        let legs = query(
+            concat!(
+                "SELECT ",
+                transaction_columns!(),
+                " FROM transactions WHERE transfer_id = ANY($1)"
+            ),
+            self.mode,
+        )
         .bind(&wanted)
         .fetch_all(&mut *self.tx)
         .await
@@ -564,11 +804,14 @@ impl LedgerTx for PgLedgerTx {
             ids.windows(2).all(|w| w[0] < w[1]),
             "lock order is ascending id"
         );
-        sqlx::query(concat!(
-            "SELECT ",
-            account_columns!(),
-            " FROM accounts WHERE id = ANY($1) ORDER BY id FOR UPDATE"
-        ))
+        query(
+            concat!(
+                "SELECT ",
+                account_columns!(),
+                " FROM accounts WHERE id = ANY($1) ORDER BY id FOR UPDATE"
+            ),
+            self.mode,
+        )
         .bind(ids)
         .fetch_all(&mut *self.tx)
         .await
@@ -579,10 +822,11 @@ impl LedgerTx for PgLedgerTx {
     }
 
     async fn api_keys(&mut self, ids: &[Uuid], secret_hashes: &[Vec<u8>]) -> StoreResult<KeyRefs> {
-        let keys = sqlx::query(
+        let keys = query(
             "SELECT id, name, role, account_ids, created_at, revoked_at, secret_hash
                FROM api_keys
               WHERE id = ANY($1) OR secret_hash = ANY($2)",
+            self.mode,
         )
         .bind(ids)
         .bind(secret_hashes)
@@ -597,32 +841,44 @@ impl LedgerTx for PgLedgerTx {
             ))
         })
         .collect::<StoreResult<Vec<_>>>()?;
-        let any = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM api_keys)")
+        let any = query("SELECT EXISTS (SELECT 1 FROM api_keys)", self.mode)
             .fetch_one(&mut *self.tx)
             .await
+            .map_err(classify)?
+            .try_get::<bool, _>(0)
             .map_err(classify)?;
         Ok(KeyRefs { keys, any })
     }
 
     async fn audit_head(&mut self) -> StoreResult<Option<ChainHead>> {
-        sqlx::query_as::<_, (i64, String)>(
+        query(
             "SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1",
+            self.mode,
         )
         .fetch_optional(&mut *self.tx)
         .await
-        .map_err(classify)
-        .map(|head| head.map(|(seq, hash)| ChainHead { seq, hash }))
+        .map_err(classify)?
+        .map(|row| {
+            Ok(ChainHead {
+                seq: row.try_get(0).map_err(classify)?,
+                hash: row.try_get(1).map_err(classify)?,
+            })
+        })
+        .transpose()
     }
 
     async fn taken_account_numbers(&mut self, numbers: &[String]) -> StoreResult<Vec<String>> {
-        sqlx::query("SELECT account_number FROM accounts WHERE account_number = ANY($1)")
-            .bind(numbers)
-            .fetch_all(&mut *self.tx)
-            .await
-            .map_err(classify)?
-            .iter()
-            .map(|r| r.try_get::<String, _>(0).map_err(classify))
-            .collect()
+        query(
+            "SELECT account_number FROM accounts WHERE account_number = ANY($1)",
+            self.mode,
+        )
+        .bind(numbers)
+        .fetch_all(&mut *self.tx)
+        .await
+        .map_err(classify)?
+        .iter()
+        .map(|r| r.try_get::<String, _>(0).map_err(classify))
+        .collect()
     }
 
     async fn write(
@@ -630,7 +886,7 @@ impl LedgerTx for PgLedgerTx {
         changes: &Changes,
         idempotency: &[IdempotencyRecord],
     ) -> StoreResult<()> {
-        rows::write_changes(&mut self.tx, changes, idempotency, self.batch_id).await
+        rows::write_changes(&mut self.tx, changes, idempotency, self.batch_id, self.mode).await
     }
 
     async fn mark_batch(&mut self, batch_id: Uuid) -> StoreResult<()> {
@@ -641,5 +897,42 @@ impl LedgerTx for PgLedgerTx {
 
     async fn commit(self: Box<Self>) -> StoreResult<()> {
         self.tx.commit().await.map_err(classify)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{PoolMode, split_pool_mode};
+
+    #[test]
+    fn pool_mode_is_taken_off_the_url() {
+        let split = |url: &str| split_pool_mode(url).expect("valid");
+        assert_eq!(
+            split("postgres://u@h:6432/zeta?pool-mode=transaction"),
+            ("postgres://u@h:6432/zeta".into(), PoolMode::Transaction)
+        );
+        assert_eq!(
+            split("postgres://u@h/zeta?sslmode=disable&pool-mode=transaction&application_name=x"),
+            (
+                "postgres://u@h/zeta?sslmode=disable&application_name=x".into(),
+                PoolMode::Transaction
+            )
+        );
+        assert_eq!(
+            split("postgres://u@h/zeta?pool-mode=session"),
+            ("postgres://u@h/zeta".into(), PoolMode::Session)
+        );
+        assert_eq!(
+            split("postgres://u@h/zeta?sslmode=disable"),
+            (
+                "postgres://u@h/zeta?sslmode=disable".into(),
+                PoolMode::Session
+            )
+        );
+        assert_eq!(
+            split("postgres://u@h/zeta"),
+            ("postgres://u@h/zeta".into(), PoolMode::Session)
+        );
+        assert!(split_pool_mode("postgres://u@h/zeta?pool-mode=statement").is_err());
     }
 }

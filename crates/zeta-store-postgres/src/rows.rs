@@ -11,7 +11,7 @@ use zeta_ledger::{
 };
 use zeta_store::{ApiKeyRecord, IdempotencyRecord, StoreError, StoreResult};
 
-use crate::classify;
+use crate::{PoolMode, classify, query};
 
 fn corrupt(what: &str, value: &str) -> StoreError {
     StoreError::Other(format!("unexpected {what} in database: {value:?}"))
@@ -139,19 +139,21 @@ pub(crate) fn api_key_from_row(row: &PgRow) -> StoreResult<ApiKeyRecord> {
 }
 
 /// Audit events with `seq > after_seq`, ascending, at most `limit`.
-pub(crate) async fn audit_events<'e, E: sqlx::PgExecutor<'e>>(
-    executor: E,
+pub(crate) async fn audit_events(
+    conn: &mut sqlx::PgConnection,
+    mode: PoolMode,
     after_seq: i64,
     limit: u32,
 ) -> StoreResult<Vec<AuditEvent>> {
-    sqlx::query(
+    query(
         "SELECT seq, at, actor_key_id, request_id, action, resource_type, resource_id, details,
                 prev_hash, hash
            FROM audit_events WHERE seq > $1 ORDER BY seq LIMIT $2",
+        mode,
     )
     .bind(after_seq)
     .bind(i64::from(limit))
-    .fetch_all(executor)
+    .fetch_all(conn)
     .await
     .map_err(classify)?
     .iter()
@@ -177,11 +179,13 @@ pub(crate) async fn audit_events<'e, E: sqlx::PgExecutor<'e>>(
 async fn write_api_keys(
     tx: &mut sqlx::Transaction<'static, Postgres>,
     c: &Changes,
+    mode: PoolMode,
 ) -> StoreResult<()> {
     for (key, hash) in &c.new_api_keys {
-        sqlx::query(
+        query(
             "INSERT INTO api_keys (id, name, role, account_ids, secret_hash, created_at)
              VALUES ($1, $2, $3, $4, $5, $6)",
+            mode,
         )
         .bind(key.id)
         .bind(&key.name)
@@ -194,7 +198,7 @@ async fn write_api_keys(
         .map_err(classify)?;
     }
     for key in &c.revoked_api_keys {
-        sqlx::query("UPDATE api_keys SET revoked_at = $2 WHERE id = $1")
+        query("UPDATE api_keys SET revoked_at = $2 WHERE id = $1", mode)
             .bind(key.id)
             .bind(key.revoked_at)
             .execute(&mut **tx)
@@ -213,6 +217,7 @@ pub(crate) async fn write_changes(
     c: &Changes,
     idempotency: &[IdempotencyRecord],
     batch_id: Option<Uuid>,
+    mode: PoolMode,
 ) -> StoreResult<()> {
     let (na, ua) = (&c.new_accounts, &c.updated_accounts);
     let (nt, ut) = (&c.new_transfers, &c.updated_transfers);
@@ -220,9 +225,9 @@ pub(crate) async fn write_changes(
     let i = idempotency;
     let e = &c.audit_events;
     if !c.new_api_keys.is_empty() || !c.revoked_api_keys.is_empty() {
-        write_api_keys(tx, c).await?;
+        write_api_keys(tx, c, mode).await?;
     }
-    sqlx::query(
+    query(
         "WITH
          new_accounts AS (
            INSERT INTO accounts (id, account_number, owner_name, currency, balance, held, status,
@@ -283,6 +288,7 @@ pub(crate) async fn write_changes(
                                 $77::text[], $78::text[], $79::uuid[], $80::text[], $81::text[],
                                 $82::text[]))
          SELECT 1",
+        mode,
     )
     // new accounts
     .bind(na.iter().map(|x| x.id).collect::<Vec<_>>())

@@ -1,10 +1,10 @@
 //! `zeta verify` on PostgreSQL: every invariant of the API recomputed in SQL on one snapshot.
 
-use sqlx::{PgPool, Row};
+use sqlx::Row;
 use zeta_ledger::audit::{ChainHead, check_chain};
 use zeta_store::{StoreResult, VerifyReport};
 
-use crate::classify;
+use crate::{PgStore, classify};
 
 /// Each check returns rows of (kind, id) that break it.
 const CHECKS: &[(&str, &str)] = &[
@@ -66,19 +66,19 @@ const CHECKS: &[(&str, &str)] = &[
 /// Audit events checked per round trip.
 const AUDIT_PAGE: u32 = 10_000;
 
-pub(crate) async fn run(pool: &PgPool) -> StoreResult<VerifyReport> {
-    let mut tx = pool
+pub(crate) async fn run(store: &PgStore) -> StoreResult<VerifyReport> {
+    let mut tx = store
         .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        .await
-        .map_err(classify)?;
-    let totals = sqlx::query(
-        "SELECT (SELECT count(*) FROM accounts), (SELECT count(*) FROM transactions),
+        .await?;
+    let totals = store
+        .query(
+            "SELECT (SELECT count(*) FROM accounts), (SELECT count(*) FROM transactions),
                 (SELECT COALESCE(SUM(balance), 0)::text FROM accounts),
                 (SELECT count(*) FROM audit_events)",
-    )
-    .fetch_one(&mut *tx)
-    .await
-    .map_err(classify)?;
+        )
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(classify)?;
     let mut report = VerifyReport {
         accounts: totals.try_get(0).map_err(classify)?,
         transactions: totals.try_get(1).map_err(classify)?,
@@ -91,7 +91,8 @@ pub(crate) async fn run(pool: &PgPool) -> StoreResult<VerifyReport> {
         problems: Vec::new(),
     };
     for (what, sql) in CHECKS {
-        for row in sqlx::query(*sql)
+        for row in store
+            .query(sql)
             .fetch_all(&mut *tx)
             .await
             .map_err(classify)?
@@ -104,7 +105,8 @@ pub(crate) async fn run(pool: &PgPool) -> StoreResult<VerifyReport> {
     // The audit hash chain, page by page in `seq` order; the first broken link is named.
     let mut head = ChainHead::genesis();
     loop {
-        let page = crate::rows::audit_events(&mut *tx, head.seq, AUDIT_PAGE).await?;
+        let page =
+            crate::rows::audit_events(&mut tx, store.pool_mode(), head.seq, AUDIT_PAGE).await?;
         if page.is_empty() {
             break;
         }

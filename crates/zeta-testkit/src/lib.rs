@@ -3,7 +3,9 @@
 //!
 //! PostgreSQL comes from `TEST_DATABASE_URL` (else `DATABASE_URL`, else the local server at
 //! `postgres://postgres@127.0.0.1:5432/postgres`). When it cannot be reached the tests fail —
-//! they never skip.
+//! they never skip. The URL may carry Zeta's `pool-mode=transaction` (a PgBouncer in transaction
+//! pooling mode in front of the server): the stores honour it, and the helpers' own SQL uses
+//! only what such a pooler passes through (see [`connect`]).
 
 use std::sync::Arc;
 
@@ -12,7 +14,8 @@ use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, Method, Request};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
-use sqlx::Connection;
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{Connection, Executor, PgConnection, Row};
 use tower::ServiceExt;
 use uuid::Uuid;
 use zeta_api::AppState;
@@ -53,6 +56,19 @@ fn with_database(url: &str, name: &str) -> String {
     }
 }
 
+/// A plain connection for direct SQL in tests, also through a transaction pooler (the URL's
+/// `pool-mode` is removed, no startup parameter PgBouncer refuses is sent). Behind such a
+/// pooler a statement must not leave a named prepared statement on the server connection nor
+/// be parsed and executed on different ones: use the simple protocol (a statement without
+/// parameters executed as a string: `conn.fetch_one(sql)`), or, with parameters, an unnamed
+/// statement (`.persistent(false)`) inside a transaction.
+pub async fn connect(url: &str) -> Result<PgConnection, sqlx::Error> {
+    let (url, _) = zeta_store_postgres::split_pool_mode(url)
+        .map_err(|e| sqlx::Error::Configuration(e.to_string().into()))?;
+    let options: PgConnectOptions = url.parse()?;
+    PgConnection::connect_with(&options.extra_float_digits(None)).await
+}
+
 /// A database of its own for one test; dropped (forcefully) when the test ends.
 pub struct TestDb {
     pub backend: Backend,
@@ -79,15 +95,10 @@ impl TestDb {
             };
         }
         let server = server_url();
-        let mut conn = sqlx::PgConnection::connect(&server)
-            .await
-            .unwrap_or_else(|e| {
-                panic!(
-                    "PostgreSQL is required for this test and cannot be reached at {server}: {e}"
-                )
-            });
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&mut conn)
+        let mut conn = connect(&server).await.unwrap_or_else(|e| {
+            panic!("PostgreSQL is required for this test and cannot be reached at {server}: {e}")
+        });
+        conn.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
             .await
             .expect("create test database");
         let _ = conn.close().await;
@@ -97,6 +108,64 @@ impl TestDb {
             name,
             server,
         }
+    }
+
+    /// A plain connection to this database for direct SQL (see [`connect`]).
+    pub async fn connect(&self) -> PgConnection {
+        connect(&self.url)
+            .await
+            .expect("connect to the test database")
+    }
+
+    /// The one `int8` value of a statement without parameters (the simple protocol, so it also
+    /// passes through a transaction pooler).
+    pub async fn scalar(&self, sql: &str) -> i64 {
+        let mut conn = self.connect().await;
+        let row = conn
+            .fetch_one(sqlx::AssertSqlSafe(sql))
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        let value = row.try_get(0).unwrap_or_else(|e| panic!("{sql}: {e}"));
+        let _ = conn.close().await;
+        value
+    }
+
+    /// Checks the ledger in SQL, independently of `zeta verify`: balances add up to
+    /// `expected_total`, none is negative, every `balance_after` follows the previous one, and
+    /// every balance equals the sum of its posted transactions.
+    pub async fn assert_ledger_invariants(&self, expected_total: i64) {
+        let total = self
+            .scalar("SELECT COALESCE(SUM(balance), 0)::int8 FROM accounts")
+            .await;
+        assert_eq!(total, expected_total, "transfers and debits conserve money");
+        let negative = self
+            .scalar("SELECT count(*) FROM accounts WHERE balance < 0 OR held < 0")
+            .await;
+        assert_eq!(negative, 0, "no negative balance");
+        let broken_chain = self
+            .scalar(
+                "SELECT count(*) FROM (
+                   SELECT balance_after,
+                          LAG(balance_after, 1, 0::int8)
+                            OVER (PARTITION BY account_id ORDER BY posted_seq) AS prev,
+                          CASE type WHEN 'credit' THEN amount ELSE -amount END AS delta
+                     FROM transactions WHERE posted_seq IS NOT NULL) t
+                  WHERE balance_after <> prev + delta",
+            )
+            .await;
+        assert_eq!(
+            broken_chain, 0,
+            "every balance_after follows the previous one"
+        );
+        let mismatched = self
+            .scalar(
+                "SELECT count(*) FROM accounts a WHERE a.balance <> (
+                   SELECT COALESCE(SUM(CASE type WHEN 'credit' THEN amount ELSE -amount END), 0)
+                     FROM transactions t
+                    WHERE t.account_id = a.id AND t.status IN ('completed', 'reversed'))",
+            )
+            .await;
+        assert_eq!(mismatched, 0, "balances equal their transactions");
     }
 
     /// Opens this database's store (migrated).
@@ -140,12 +209,12 @@ impl Drop for TestDb {
                 return;
             };
             rt.block_on(async {
-                if let Ok(mut conn) = sqlx::PgConnection::connect(&server).await {
-                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-                        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-                    )))
-                    .execute(&mut conn)
-                    .await;
+                if let Ok(mut conn) = connect(&server).await {
+                    let _ = conn
+                        .execute(sqlx::AssertSqlSafe(format!(
+                            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                        )))
+                        .await;
                 }
             });
         })

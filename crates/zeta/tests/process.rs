@@ -1,5 +1,6 @@
 //! The real binary as a person runs it: the quick start on the embedded SQLite default, a crash
-//! (kill -9) in the middle of idempotent transfers, and a graceful SIGTERM under load.
+//! (kill -9) in the middle of idempotent transfers, a graceful SIGTERM under load, PostgreSQL
+//! stopped under load, and three processes on one PostgreSQL database.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -1179,5 +1180,322 @@ fn a_request_slower_than_the_timeout_is_503() {
         http(server.addr, "GET", "/v1/accounts", Some(key), &[], None).expect("list");
     assert_eq!(status, 200);
     assert_eq!(page["data"], json!([]));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// One request's outcome in the three-process test.
+struct Sent {
+    /// `(from, to)` account indexes of a transfer, or `(account, None)` of a debit.
+    from: usize,
+    to: Option<usize>,
+    amount: i64,
+    status: u16,
+    body: Value,
+}
+
+/// Three `zeta` processes on one PostgreSQL database (`TEST_DATABASE_URL`: the server itself,
+/// or PgBouncer in transaction pooling mode, see `tests/pgbouncer.sh`). Clients spread over the
+/// three send random concurrent transfers and debits among a few hot accounts, and each of a set
+/// of idempotency keys is sent to all three instances at the same moment. Afterwards: each key
+/// had exactly one effect (one first answer; the others replay it or are 409
+/// `idempotency_key_in_use`), every balance is exactly what the 2xx answers add up to, the rows
+/// in the database match the answers one for one, `zeta verify` exits 0, and nothing was a 5xx.
+#[test]
+fn three_processes_on_one_database_keep_every_invariant() {
+    const INSTANCES: usize = 3;
+    const HOT: usize = 4;
+    // Low enough that some transfers and debits find too little money.
+    const START: i64 = 2_000;
+    const SOURCE_START: i64 = 1_000_000;
+    const CLIENTS: usize = 12;
+    const REQUESTS_PER_CLIENT: usize = 30;
+    const KEYS: usize = 20;
+    const DEBIT: i64 = 37;
+
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let db = runtime.block_on(zeta_testkit::TestDb::create());
+    let dir = temp_dir("three");
+    let key = "three-processes-key";
+    // Migrated once, before the instances start (as in a rolling deploy).
+    let migrate = Command::new(env!("CARGO_BIN_EXE_zeta"))
+        .arg("migrate")
+        .env("DATABASE_URL", &db.url)
+        .output()
+        .expect("zeta migrate");
+    assert!(
+        migrate.status.success(),
+        "{}",
+        String::from_utf8_lossy(&migrate.stderr)
+    );
+    let env = [
+        ("DATABASE_URL", db.url.as_str()),
+        ("ZETA_BOOTSTRAP_API_KEY", key),
+        // Nobody reads the servers' stderr until they exit: keep it short.
+        ("RUST_LOG", "error"),
+        // This test counts every answer; the rate limiter is not what it measures.
+        ("ZETA_RATE_LIMIT_RPS", "1000000"),
+        ("ZETA_RATE_LIMIT_BURST", "1000000"),
+    ];
+    let servers: Vec<Server> = (0..INSTANCES).map(|_| Server::start(&dir, &env)).collect();
+    let addrs: Vec<SocketAddr> = servers.iter().map(|s| s.addr).collect();
+    let post = |addr: SocketAddr, path: &str, idem: Option<&str>, body: &Value| {
+        let extra: Vec<(&str, &str)> = idem.map(|k| ("Idempotency-Key", k)).into_iter().collect();
+        http_full(addr, "POST", path, Some(key), &extra, Some(body))
+            .unwrap_or_else(|e| panic!("POST {path} to {addr}: {e}"))
+    };
+
+    // The hot accounts and a well-funded source for the idempotent transfers, each made and
+    // funded through a different instance.
+    let mut accounts = Vec::new();
+    for i in 0..=HOT {
+        let addr = addrs[i % INSTANCES];
+        let (status, _, account) = post(
+            addr,
+            "/v1/accounts",
+            None,
+            &json!({"owner_name": format!("hot {i}"), "currency": "USD"}),
+        );
+        assert_eq!(status, 201, "{account}");
+        let id = account["id"].as_str().expect("id").to_string();
+        let amount = if i == HOT { SOURCE_START } else { START };
+        let (status, _, credit) = post(
+            addrs[(i + 1) % INSTANCES],
+            &format!("/v1/accounts/{id}/credits"),
+            None,
+            &json!({ "amount": amount }),
+        );
+        assert_eq!(status, 201, "{credit}");
+        accounts.push(id);
+    }
+    let accounts = Arc::new(accounts);
+    let source = HOT;
+
+    // Random transfers and debits among the hot accounts, through all three instances.
+    let mut clients = Vec::new();
+    for client in 0..CLIENTS {
+        let (accounts, addr) = (accounts.clone(), addrs[client % INSTANCES]);
+        clients.push(std::thread::spawn(move || {
+            let mut seed = 0x2545_F491_4F6C_DD1D_u64 ^ (client as u64 + 1);
+            let mut sent = Vec::new();
+            for _ in 0..REQUESTS_PER_CLIENT {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                let from = (seed % HOT as u64) as usize;
+                let (path, to, amount) = if (seed >> 32).is_multiple_of(5) {
+                    let path = format!("/v1/accounts/{}/debits", accounts[from]);
+                    (path, None, DEBIT)
+                } else {
+                    let to = (from + 1 + ((seed >> 8) % (HOT as u64 - 1)) as usize) % HOT;
+                    let amount = 1 + ((seed >> 16) % 900) as i64;
+                    ("/v1/transfers".to_string(), Some(to), amount)
+                };
+                let body = match to {
+                    None => json!({ "amount": amount }),
+                    Some(to) => json!({
+                        "from_account_id": accounts[from],
+                        "to_account_id": accounts[to],
+                        "amount": amount,
+                    }),
+                };
+                let (status, _, body) = http_full(addr, "POST", &path, Some(key), &[], Some(&body))
+                    .unwrap_or_else(|e| panic!("POST {path} to {addr}: {e}"));
+                sent.push(Sent {
+                    from,
+                    to,
+                    amount,
+                    status,
+                    body,
+                });
+            }
+            sent
+        }));
+    }
+
+    // Meanwhile, each idempotency key goes to the three instances at once.
+    let idempotent = {
+        let (accounts, addrs) = (accounts.clone(), addrs.clone());
+        std::thread::spawn(move || {
+            (0..KEYS)
+                .map(|k| {
+                    let barrier = Arc::new(std::sync::Barrier::new(INSTANCES));
+                    let racers: Vec<_> = addrs
+                        .iter()
+                        .map(|&addr| {
+                            let (barrier, accounts) = (barrier.clone(), accounts.clone());
+                            std::thread::spawn(move || {
+                                let body = json!({
+                                    "from_account_id": accounts[source],
+                                    "to_account_id": accounts[k % HOT],
+                                    "amount": k + 1,
+                                });
+                                let idem = format!("three-{k}");
+                                barrier.wait();
+                                http_full(
+                                    addr,
+                                    "POST",
+                                    "/v1/transfers",
+                                    Some(key),
+                                    &[("Idempotency-Key", &idem)],
+                                    Some(&body),
+                                )
+                                .unwrap_or_else(|e| panic!("POST {idem} to {addr}: {e}"))
+                            })
+                        })
+                        .collect();
+                    racers
+                        .into_iter()
+                        .map(|r| r.join().expect("racer"))
+                        .collect::<Vec<_>>()
+                })
+                .collect::<Vec<_>>()
+        })
+    };
+
+    let sent: Vec<Sent> = clients
+        .into_iter()
+        .flat_map(|c| c.join().expect("client"))
+        .collect();
+    let raced = idempotent.join().expect("idempotent clients");
+
+    // Every answer of the random load: 201, or 422 insufficient_funds; never a 5xx.
+    let mut expected = vec![START; HOT];
+    expected.push(SOURCE_START);
+    let (mut transfers_ok, mut transfers_failed, mut debits_ok, mut debits_failed) =
+        (0i64, 0i64, 0i64, 0i64);
+    let mut debited = 0;
+    for s in &sent {
+        match (s.status, s.body["code"].as_str(), s.to) {
+            (201, _, Some(to)) => {
+                assert_eq!(s.body["status"], "completed", "{}", s.body);
+                expected[s.from] -= s.amount;
+                expected[to] += s.amount;
+                transfers_ok += 1;
+            }
+            (201, _, None) => {
+                assert_eq!(s.body["status"], "completed", "{}", s.body);
+                expected[s.from] -= s.amount;
+                debited += s.amount;
+                debits_ok += 1;
+            }
+            (422, Some("insufficient_funds"), Some(_)) => transfers_failed += 1,
+            (422, Some("insufficient_funds"), None) => debits_failed += 1,
+            (status, _, _) => panic!("unexpected answer {status}: {}", s.body),
+        }
+    }
+    assert_eq!(sent.len(), CLIENTS * REQUESTS_PER_CLIENT);
+    assert!(
+        transfers_ok as usize > sent.len() / 2,
+        "most transfers succeed: {transfers_ok}"
+    );
+
+    // Each key: exactly one first answer; the others replay it byte for byte (JSON-equal here)
+    // or are 409 idempotency_key_in_use. Sent again now, every instance replays the same transfer.
+    let mut first_answers = Vec::new();
+    for (k, answers) in raced.iter().enumerate() {
+        let firsts: Vec<&Value> = answers
+            .iter()
+            .filter(|(status, head, _)| {
+                *status == 201 && !head.contains("\r\nidempotent-replayed: true")
+            })
+            .map(|(_, _, body)| body)
+            .collect();
+        assert_eq!(firsts.len(), 1, "key {k}: one first answer: {answers:?}");
+        let first = firsts[0].clone();
+        assert_eq!(first["amount"], k + 1);
+        for (status, head, body) in answers {
+            match status {
+                201 => assert_eq!(body, &first, "key {k}: a replay is the first answer"),
+                409 => assert_eq!(body["code"], "idempotency_key_in_use", "key {k}: {body}"),
+                other => panic!("key {k}: unexpected answer {other}: {body} ({head})"),
+            }
+        }
+        for &addr in &addrs {
+            let body = json!({
+                "from_account_id": accounts[source],
+                "to_account_id": accounts[k % HOT],
+                "amount": k + 1,
+            });
+            let (status, head, again) =
+                post(addr, "/v1/transfers", Some(&format!("three-{k}")), &body);
+            assert_eq!(status, 201, "key {k} again: {again}");
+            assert!(head.contains("\r\nidempotent-replayed: true"), "{head}");
+            assert_eq!(again, first, "key {k} again on {addr}");
+        }
+        expected[source] -= k as i64 + 1;
+        expected[k % HOT] += k as i64 + 1;
+        first_answers.push(first);
+    }
+    let in_use = raced
+        .iter()
+        .flatten()
+        .filter(|(status, _, _)| *status == 409)
+        .count();
+    eprintln!(
+        "random load: {transfers_ok} transfers, {transfers_failed} refused, {debits_ok} debits, \
+         {debits_failed} refused; {KEYS} keys raced on {INSTANCES} instances: \
+         {} replays, {in_use} in use",
+        KEYS * (INSTANCES - 1) - in_use
+    );
+    let ids: std::collections::HashSet<&str> = first_answers
+        .iter()
+        .map(|t| t["id"].as_str().expect("transfer id"))
+        .collect();
+    assert_eq!(ids.len(), KEYS, "one transfer per key");
+
+    // Exact balances, read through every instance.
+    for (i, id) in accounts.iter().enumerate() {
+        let (status, account) = http(
+            addrs[i % INSTANCES],
+            "GET",
+            &format!("/v1/accounts/{id}"),
+            Some(key),
+            &[],
+            None,
+        )
+        .expect("get account");
+        assert_eq!(status, 200, "{account}");
+        assert_eq!(account["balance"], expected[i], "account {i}: {account}");
+        assert_eq!(account["available_balance"], expected[i], "account {i}");
+    }
+    assert_eq!(
+        expected.iter().sum::<i64>(),
+        HOT as i64 * START + SOURCE_START - debited
+    );
+
+    // The rows match the answers one for one.
+    let count = |sql: &str| runtime.block_on(db.scalar(sql));
+    assert_eq!(
+        count("SELECT count(*) FROM transfers WHERE status = 'completed'"),
+        transfers_ok + KEYS as i64
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM transfers WHERE status = 'failed'"),
+        transfers_failed
+    );
+    assert_eq!(
+        count(
+            "SELECT count(*) FROM transactions
+              WHERE type = 'debit' AND transfer_id IS NULL AND status = 'completed'"
+        ),
+        debits_ok
+    );
+    assert_eq!(
+        count(
+            "SELECT count(*) FROM transactions
+              WHERE type = 'debit' AND transfer_id IS NULL AND status = 'failed'"
+        ),
+        debits_failed
+    );
+    assert_eq!(count("SELECT count(*) FROM idempotency_keys"), KEYS as i64);
+    runtime.block_on(db.assert_ledger_invariants(HOT as i64 * START + SOURCE_START - debited));
+
+    for server in &servers {
+        let (ready, _) = http(server.addr, "GET", "/health/ready", None, &[], None).expect("ready");
+        assert_eq!(ready, 200);
+    }
+    drop(servers);
+    let (code, report) = verify(&dir, Some(&db.url));
+    assert_eq!(code, 0, "{report}");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -1,4 +1,6 @@
-//! PostgreSQL only: several API instances (engines and pools) on one database.
+//! PostgreSQL only: several API instances (engines and pools) on one database. Three real `zeta`
+//! processes on one database: `three_processes_on_one_database_keep_every_invariant` in
+//! `tests/process.rs`.
 
 use std::sync::Arc;
 
