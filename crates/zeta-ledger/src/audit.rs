@@ -49,7 +49,8 @@ pub struct AuditEvent {
     pub action: String,
     pub resource_type: String,
     pub resource_id: Uuid,
-    pub details: Value,
+    /// The details object as RFC 8785 canonical JSON text: hashed, stored and shown as is.
+    pub details: String,
     pub prev_hash: String,
     pub hash: String,
 }
@@ -72,8 +73,48 @@ impl ChainHead {
 }
 
 impl AuditEvent {
-    /// The hashed fields, as one JSON object.
-    fn body(&self) -> Value {
+    /// The RFC 8785 canonical JSON of the hashed fields (every field but `prev_hash` and
+    /// `hash`): members in code-unit order, `details` inserted as the canonical text it is.
+    fn canonical_body(&self) -> String {
+        let mut out = String::with_capacity(320 + self.details.len());
+        out.push_str("{\"action\":");
+        write_string(&self.action, &mut out);
+        out.push_str(",\"actor_key_id\":");
+        match self.actor_key_id {
+            Some(id) => write_string(&id.to_string(), &mut out),
+            None => out.push_str("null"),
+        }
+        out.push_str(",\"at\":");
+        write_string(&timestamp(self.at), &mut out);
+        out.push_str(",\"details\":");
+        out.push_str(&self.details);
+        out.push_str(",\"request_id\":");
+        match &self.request_id {
+            Some(id) => write_string(id, &mut out),
+            None => out.push_str("null"),
+        }
+        out.push_str(",\"resource_id\":");
+        write_string(&self.resource_id.to_string(), &mut out);
+        out.push_str(",\"resource_type\":");
+        write_string(&self.resource_type, &mut out);
+        out.push_str(",\"seq\":");
+        out.push_str(&self.seq.to_string());
+        out.push('}');
+        out
+    }
+
+    /// The hash this event must carry, given its `prev_hash`.
+    pub fn expected_hash(&self) -> String {
+        let mut hasher = Sha256::new();
+        hasher.update(self.prev_hash.as_bytes());
+        hasher.update(b"\n");
+        hasher.update(self.canonical_body().as_bytes());
+        hex::encode(hasher.finalize())
+    }
+
+    /// The event as the API shows it (details that are not JSON, which only an edit of the
+    /// stored row can make, are shown as a string).
+    pub fn to_json(&self) -> Value {
         json!({
             "seq": self.seq,
             "at": timestamp(self.at),
@@ -82,27 +123,11 @@ impl AuditEvent {
             "action": self.action,
             "resource_type": self.resource_type,
             "resource_id": self.resource_id,
-            "details": self.details,
+            "details": serde_json::from_str::<Value>(&self.details)
+                .unwrap_or_else(|_| Value::String(self.details.clone())),
+            "prev_hash": self.prev_hash,
+            "hash": self.hash,
         })
-    }
-
-    /// The hash this event must carry, given its `prev_hash`.
-    pub fn expected_hash(&self) -> String {
-        let mut hasher = Sha256::new();
-        hasher.update(self.prev_hash.as_bytes());
-        hasher.update(b"\n");
-        hasher.update(canonical_json(&self.body()).as_bytes());
-        hex::encode(hasher.finalize())
-    }
-
-    /// The event as the API shows it.
-    pub fn to_json(&self) -> Value {
-        let mut body = self.body();
-        if let Value::Object(map) = &mut body {
-            map.insert("prev_hash".into(), Value::String(self.prev_hash.clone()));
-            map.insert("hash".into(), Value::String(self.hash.clone()));
-        }
-        body
     }
 }
 
@@ -123,7 +148,7 @@ pub fn seal(
             action: draft.action.to_string(),
             resource_type: draft.resource_type.to_string(),
             resource_id: draft.resource_id,
-            details: draft.details,
+            details: canonical_json(&draft.details),
             prev_hash: head.hash.clone(),
             hash: String::new(),
         };
@@ -488,9 +513,15 @@ mod tests {
             Uuid::from_u128(1)
         );
         assert_eq!(first.hash, hex::encode(Sha256::digest(text.as_bytes())));
+        // The hand-written body is exactly the canonical JSON of the fields as an object.
+        let mut as_object = first.to_json();
+        let object = as_object.as_object_mut().unwrap();
+        object.remove("prev_hash");
+        object.remove("hash");
+        assert_eq!(first.canonical_body(), canonical_json(&as_object));
 
         let mut altered = events.clone();
-        altered[2].details = json!({"owner_name": "mallory"});
+        altered[2].details = r#"{"owner_name":"mallory"}"#.into();
         assert_eq!(
             check_chain(&ChainHead::genesis(), &altered),
             Err(
@@ -508,7 +539,7 @@ mod tests {
             )
         );
         let mut rehashed = events.clone();
-        rehashed[1].details = json!({"owner_name": "mallory"});
+        rehashed[1].details = r#"{"owner_name":"mallory"}"#.into();
         rehashed[1].hash = rehashed[1].expected_hash();
         assert_eq!(
             check_chain(&ChainHead::genesis(), &rehashed),

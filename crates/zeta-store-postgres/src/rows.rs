@@ -4,7 +4,7 @@ use serde_json::Value;
 use sqlx::postgres::PgRow;
 use sqlx::{Postgres, Row};
 use uuid::Uuid;
-use zeta_ledger::audit::{AuditEvent, canonical_json};
+use zeta_ledger::audit::AuditEvent;
 use zeta_ledger::{
     Account, AccountStatus, Changes, Currency, FailureReason, Transaction, TransactionStatus,
     TransactionType, Transfer, TransferStatus, TransferView,
@@ -158,7 +158,6 @@ pub(crate) async fn audit_events(
     .map_err(classify)?
     .iter()
     .map(|row| {
-        let details: String = get(row, "details")?;
         Ok(AuditEvent {
             seq: get(row, "seq")?,
             at: get(row, "at")?,
@@ -167,7 +166,7 @@ pub(crate) async fn audit_events(
             action: get(row, "action")?,
             resource_type: get(row, "resource_type")?,
             resource_id: get(row, "resource_id")?,
-            details: serde_json::from_str(&details).map_err(|_| corrupt("details", &details))?,
+            details: get(row, "details")?,
             prev_hash: get(row, "prev_hash")?,
             hash: get(row, "hash")?,
         })
@@ -429,11 +428,7 @@ pub(crate) async fn write_changes(
             .collect::<Vec<_>>(),
     )
     .bind(e.iter().map(|x| x.resource_id).collect::<Vec<_>>())
-    .bind(
-        e.iter()
-            .map(|x| canonical_json(&x.details))
-            .collect::<Vec<_>>(),
-    )
+    .bind(e.iter().map(|x| x.details.as_str()).collect::<Vec<_>>())
     .bind(e.iter().map(|x| x.prev_hash.as_str()).collect::<Vec<_>>())
     .bind(e.iter().map(|x| x.hash.as_str()).collect::<Vec<_>>())
     .execute(&mut **tx)

@@ -6,7 +6,7 @@ use sqlx::{QueryBuilder, Row, Sqlite};
 use time::OffsetDateTime;
 use uuid::Uuid;
 use uuid::fmt::Hyphenated;
-use zeta_ledger::audit::{AuditEvent, canonical_json};
+use zeta_ledger::audit::AuditEvent;
 use zeta_ledger::{
     Account, AccountStatus, Changes, Currency, FailureReason, Transaction, TransactionStatus,
     TransactionType, Transfer, TransferStatus, TransferView,
@@ -223,7 +223,6 @@ pub(crate) async fn audit_events<'e, E: sqlx::SqliteExecutor<'e>>(
     .map_err(classify)?
     .iter()
     .map(|row| {
-        let details: String = get(row, "details")?;
         Ok(AuditEvent {
             seq: get(row, "seq")?,
             at: get_time(row, "at")?,
@@ -232,7 +231,7 @@ pub(crate) async fn audit_events<'e, E: sqlx::SqliteExecutor<'e>>(
             action: get(row, "action")?,
             resource_type: get(row, "resource_type")?,
             resource_id: get_id(row, "resource_id")?,
-            details: serde_json::from_str(&details).map_err(|_| corrupt("details", &details))?,
+            details: get(row, "details")?,
             prev_hash: get(row, "prev_hash")?,
             hash: get(row, "hash")?,
         })
@@ -504,7 +503,7 @@ pub(crate) async fn write_changes(
         let rows = c
             .audit_events
             .iter()
-            .map(|e| Ok((e, micros_of(e.at)?, canonical_json(&e.details))))
+            .map(|e| Ok((e, micros_of(e.at)?)))
             .collect::<StoreResult<Vec<_>>>()?;
         insert_chunks(
             tx,
@@ -512,7 +511,7 @@ pub(crate) async fn write_changes(
              resource_type, resource_id, details, prev_hash, hash) ",
             10,
             &rows,
-            |b, (e, at, details)| {
+            |b, (e, at)| {
                 b.push_bind(e.seq)
                     .push_bind(*at)
                     .push_bind(e.actor_key_id.map(id))
@@ -520,7 +519,7 @@ pub(crate) async fn write_changes(
                     .push_bind(e.action.as_str())
                     .push_bind(e.resource_type.as_str())
                     .push_bind(id(e.resource_id))
-                    .push_bind(details.as_str())
+                    .push_bind(e.details.as_str())
                     .push_bind(e.prev_hash.as_str())
                     .push_bind(e.hash.as_str());
             },

@@ -931,7 +931,7 @@ async fn api_keys_and_their_audit_chain() {
     assert_eq!(events[3].prev_hash, events[2].hash);
     assert_eq!(events[2].resource_id, viewer.id);
     assert_eq!(
-        events[2].details,
+        serde_json::from_str::<serde_json::Value>(&events[2].details).unwrap(),
         json!({"name": "viewer key", "role": "viewer", "account_ids": [account.id]})
     );
     assert_eq!(
