@@ -22,7 +22,7 @@ pub enum LogFormat {
 pub struct Settings {
     /// Database: `postgres://…` for PostgreSQL, `sqlite://PATH` for SQLite; unset means the
     /// embedded SQLite file `./zeta.db`.
-    #[arg(long, env = "DATABASE_URL", global = true)]
+    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
     pub database_url: Option<String>,
 
     /// A PostgreSQL streaming replica (`postgres://…`) for balance inquiries, listings and

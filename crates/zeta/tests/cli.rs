@@ -155,6 +155,21 @@ fn unsupported_database_url_is_a_clear_error() {
 }
 
 #[test]
+fn help_never_shows_database_passwords() {
+    let help = Command::new(env!("CARGO_BIN_EXE_zeta"))
+        .arg("--help")
+        .env("DATABASE_URL", "postgres://zeta:t0psecret@db/zeta")
+        .output()
+        .expect("run zeta");
+    let text = String::from_utf8_lossy(&help.stdout);
+    assert!(text.contains("[env: DATABASE_URL]"), "{text}");
+    assert!(
+        !text.contains("t0psecret"),
+        "the value is never shown: {text}"
+    );
+}
+
+#[test]
 fn read_replica_url_is_in_help_and_needs_postgres() {
     let help = Command::new(env!("CARGO_BIN_EXE_zeta"))
         .arg("--help")
