@@ -345,21 +345,33 @@ pub(crate) async fn write_changes(
         )
         .await?;
     }
-    for a in &c.updated_accounts {
+    if !c.updated_accounts.is_empty() {
+        // One statement for every changed account: the rows as one JSON array parameter.
+        let rows = c
+            .updated_accounts
+            .iter()
+            .map(|a| {
+                Ok(serde_json::json!([
+                    a.id,
+                    a.owner_name,
+                    a.balance,
+                    a.held,
+                    a.status.as_str(),
+                    a.version,
+                    a.seq,
+                    metadata_text(&a.metadata)?,
+                    micros_of(a.updated_at)?,
+                ]))
+            })
+            .collect::<StoreResult<Vec<Value>>>()?;
         sqlx::query(
-            "UPDATE accounts SET owner_name = ?2, balance = ?3, held = ?4, status = ?5,
-                    version = ?6, seq = ?7, metadata = ?8, updated_at = ?9
-              WHERE id = ?1",
+            "UPDATE accounts SET owner_name = u.value ->> 1, balance = u.value ->> 2,
+                    held = u.value ->> 3, status = u.value ->> 4, version = u.value ->> 5,
+                    seq = u.value ->> 6, metadata = u.value ->> 7, updated_at = u.value ->> 8
+               FROM json_each(?1) AS u
+              WHERE accounts.id = u.value ->> 0",
         )
-        .bind(id(a.id))
-        .bind(&a.owner_name)
-        .bind(a.balance)
-        .bind(a.held)
-        .bind(a.status.as_str())
-        .bind(a.version)
-        .bind(a.seq)
-        .bind(metadata_text(&a.metadata)?)
-        .bind(micros_of(a.updated_at)?)
+        .bind(Value::Array(rows).to_string())
         .execute(&mut **tx)
         .await
         .map_err(classify)?;
