@@ -7,7 +7,7 @@ use axum::http::{HeaderValue, Response, StatusCode, header};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use zeta_engine::{IdempotencySpec, Reply, StoredResponse};
-use zeta_ledger::{Actor, Command, Effect, Envelope, ItemResult, Outcome};
+use zeta_ledger::{Command, Effect, ItemResult, Outcome};
 use zeta_store::IdempotencyRecord;
 
 use crate::error::{ApiError, PROBLEM_JSON};
@@ -168,14 +168,7 @@ pub(crate) async fn execute_revealing(
     item_errors: ItemErrors,
     secret: Option<&str>,
 ) -> Result<Response<Body>, ApiError> {
-    let envelope = Envelope {
-        command,
-        scope: ctx.caller.scope.clone(),
-        actor: Some(Actor {
-            key_id: ctx.caller.key_id,
-            request_id: ctx.request_id.clone(),
-        }),
-    };
+    let envelope = ctx.envelope(command);
     let request_id = ctx.request_id.clone();
     let instance = ctx.path.clone();
     let errors = item_errors.clone();

@@ -233,6 +233,21 @@ pub struct Ctx {
     pub idempotency_key: Option<String>,
 }
 
+impl Ctx {
+    /// A command sent by this request: its caller's scope, and the key and request for the
+    /// audit log.
+    pub fn envelope(&self, command: zeta_ledger::Command) -> zeta_ledger::Envelope {
+        zeta_ledger::Envelope {
+            command,
+            scope: self.caller.scope.clone(),
+            actor: Some(zeta_ledger::Actor {
+                key_id: self.caller.key_id,
+                request_id: self.request_id.clone(),
+            }),
+        }
+    }
+}
+
 fn context_parts(parts: &Parts, caller: Caller, idempotency_key: Option<String>) -> Ctx {
     Ctx {
         request_id: parts

@@ -13,8 +13,8 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 use zeta_engine::Reply;
 use zeta_ledger::{
-    AccountPatch, AccountStatus, Actor, BatchItem, Command, Currency, Envelope, NewAccount,
-    NewApiKey, TransactionStatus, TransactionType, TransferSpec, now_micros,
+    AccountPatch, AccountStatus, BatchItem, Command, Currency, NewAccount, NewApiKey,
+    TransactionStatus, TransactionType, TransferSpec, now_micros,
 };
 use zeta_store::{AccountFilter, TransactionFilter};
 
@@ -1175,14 +1175,8 @@ async fn revoke_api_key(
 ) -> Result<Response, ApiError> {
     require_security_admin(&ctx)?;
     let key_id = path_id(&id, "api key")?;
-    let envelope = Envelope {
-        command: Command::RevokeApiKey { key_id },
-        scope: None,
-        actor: Some(Actor {
-            key_id: ctx.caller.key_id,
-            request_id: ctx.request_id.clone(),
-        }),
-    };
+    // Only unscoped admins get here, so the envelope's scope is None.
+    let envelope = ctx.envelope(Command::RevokeApiKey { key_id });
     match state.submit(envelope, None).await? {
         Reply::Applied { outcome: Ok(_), .. } => {
             tracing::info!(request_id = %ctx.request_id, key_id = %ctx.caller.key_id, revoked = %key_id, "API key revoked");
