@@ -582,28 +582,24 @@ async fn apply_batch(
     let batch_id = Uuid::now_v7();
     tx.mark_batch(batch_id).await?;
     // The audit events join the chain under the chain lock, held until the COMMIT is answered.
-    let mut chain = if drafts.is_empty() {
-        None
-    } else {
-        Some(chain.lock().await)
-    };
-    let mut head = None;
-    if let Some(cached) = chain.as_deref_mut() {
-        let mut next = match cached.take() {
+    // The cached head is taken out: on any failure it stays empty and the next batch reads it.
+    let mut sealed = None;
+    if !drafts.is_empty() {
+        let mut cached = chain.lock().await;
+        let mut head = match cached.take() {
             Some(head) => head,
             None => tx.audit_head().await?.unwrap_or_else(ChainHead::genesis),
         };
         for (actor, events) in drafts {
-            audit::seal(&mut next, now, actor, events, &mut changes.audit_events);
+            audit::seal(&mut head, now, actor, events, &mut changes.audit_events);
         }
-        head = Some(next);
+        sealed = Some((cached, head));
     }
-    // On any failure the cached head stays empty (taken above): the next batch reads it afresh.
     tx.write(&changes, &records).await?;
     match tx.commit().await {
         Ok(()) => {
-            if let Some(cached) = chain.as_deref_mut() {
-                *cached = head;
+            if let Some((mut cached, head)) = sealed {
+                *cached = Some(head);
             }
             Ok(replies)
         }
