@@ -90,6 +90,24 @@ pub fn generate_secret() -> String {
     format!("zeta_{}", hex::encode(bytes))
 }
 
+/// The ledger command's part of a new key: a fresh id and the secret's hash.
+pub fn new_key(
+    name: String,
+    role: Role,
+    account_ids: Option<Vec<Uuid>>,
+    secret: &str,
+    only_if_none: bool,
+) -> NewApiKey {
+    NewApiKey {
+        id: Uuid::now_v7(),
+        name,
+        role: role.as_str().to_string(),
+        account_ids,
+        secret_hash: hash_secret(secret),
+        only_if_none,
+    }
+}
+
 /// What [`create_key`] did.
 #[derive(Debug)]
 pub enum KeyCreation {
@@ -115,15 +133,9 @@ pub async fn create_key(
     only_if_none: bool,
 ) -> Result<KeyCreation, EngineError> {
     let secret = secret.map_or_else(generate_secret, str::to_string);
-    let id = Uuid::now_v7();
-    let command = Command::CreateApiKey(NewApiKey {
-        id,
-        name: name.to_string(),
-        role: role.as_str().to_string(),
-        account_ids,
-        secret_hash: hash_secret(&secret),
-        only_if_none,
-    });
+    let new = new_key(name.to_string(), role, account_ids, &secret, only_if_none);
+    let id = new.id;
+    let command = Command::CreateApiKey(new);
     let envelope = Envelope {
         command,
         scope: None,

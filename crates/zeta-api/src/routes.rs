@@ -13,8 +13,8 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 use zeta_engine::Reply;
 use zeta_ledger::{
-    AccountPatch, AccountStatus, BatchItem, Command, Currency, NewAccount, NewApiKey,
-    TransactionStatus, TransactionType, TransferSpec, now_micros,
+    AccountPatch, AccountStatus, BatchItem, Command, Currency, NewAccount, TransactionStatus,
+    TransactionType, TransferSpec, now_micros,
 };
 use zeta_store::{AccountFilter, TransactionFilter};
 
@@ -1084,14 +1084,13 @@ async fn create_api_key(State(state): State<AppState>, req: Body) -> Result<Resp
     validated(f)?;
     require_security_admin(&req.ctx)?;
     let secret = crate::auth::generate_secret();
-    let command = Command::CreateApiKey(NewApiKey {
-        id: Uuid::now_v7(),
+    let command = Command::CreateApiKey(crate::auth::new_key(
         name,
-        role: role.as_str().to_string(),
+        role,
         account_ids,
-        secret_hash: crate::auth::hash_secret(&secret),
-        only_if_none: false,
-    });
+        &secret,
+        false,
+    ));
     execute_revealing(
         &state,
         &req.ctx,
