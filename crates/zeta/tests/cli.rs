@@ -155,24 +155,10 @@ fn unsupported_database_url_is_a_clear_error() {
 }
 
 #[test]
-fn help_never_shows_database_passwords() {
+fn help_shows_no_database_password_and_read_url_needs_postgres() {
     let help = Command::new(env!("CARGO_BIN_EXE_zeta"))
         .arg("--help")
         .env("DATABASE_URL", "postgres://zeta:t0psecret@db/zeta")
-        .output()
-        .expect("run zeta");
-    let text = String::from_utf8_lossy(&help.stdout);
-    assert!(text.contains("[env: DATABASE_URL]"), "{text}");
-    assert!(
-        !text.contains("t0psecret"),
-        "the value is never shown: {text}"
-    );
-}
-
-#[test]
-fn read_replica_url_is_in_help_and_needs_postgres() {
-    let help = Command::new(env!("CARGO_BIN_EXE_zeta"))
-        .arg("--help")
         .env(
             "ZETA_DATABASE_READ_URL",
             "postgres://reader:s3cret@replica/db",
@@ -183,6 +169,11 @@ fn read_replica_url_is_in_help_and_needs_postgres() {
     assert!(text.contains("--database-read-url"), "{text}");
     assert!(text.contains("[env: ZETA_DATABASE_READ_URL]"), "{text}");
     assert!(!text.contains("s3cret"), "the value is never shown: {text}");
+    assert!(text.contains("[env: DATABASE_URL]"), "{text}");
+    assert!(
+        !text.contains("t0psecret"),
+        "the value is never shown: {text}"
+    );
 
     let out = Command::new(env!("CARGO_BIN_EXE_zeta"))
         .args(["migrate"])
