@@ -64,6 +64,21 @@ fn http_full(
     ))
 }
 
+/// Opens an account through the API and returns its id (asserting the 201).
+fn open_account(addr: SocketAddr, key: &str, owner: &str, currency: &str) -> String {
+    let (status, account) = http(
+        addr,
+        "POST",
+        "/v1/accounts",
+        Some(key),
+        &[],
+        Some(&json!({"owner_name": owner, "currency": currency})),
+    )
+    .expect("create");
+    assert_eq!(status, 201, "{account}");
+    account["id"].as_str().expect("id").to_string()
+}
+
 fn free_addr() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     listener.local_addr().expect("addr")
@@ -163,17 +178,7 @@ fn quick_start_on_the_embedded_default() {
     let addr2 = server.addr;
     assert_ne!(addr, SocketAddr::from(([0, 0, 0, 0], 0)));
 
-    let (status, account) = http(
-        addr2,
-        "POST",
-        "/v1/accounts",
-        Some(&key),
-        &[],
-        Some(&json!({"owner_name": "Ada", "currency": "EUR"})),
-    )
-    .expect("create");
-    assert_eq!(status, 201, "{account}");
-    let id = account["id"].as_str().expect("id").to_string();
+    let id = open_account(addr2, &key, "Ada", "EUR");
     let (status, credit) = http(
         addr2,
         "POST",
@@ -221,20 +226,10 @@ fn crash_during_idempotent_transfers_is_exactly_once() {
     let key = "crash-test-key";
     let server = Server::start(&dir, &env);
     let addr = server.addr;
-    let create = |name: &str| {
-        let (s, a) = http(
-            addr,
-            "POST",
-            "/v1/accounts",
-            Some(key),
-            &[],
-            Some(&json!({"owner_name": name, "currency": "USD"})),
-        )
-        .expect("create");
-        assert_eq!(s, 201);
-        a["id"].as_str().expect("id").to_string()
-    };
-    let (from, to) = (create("from"), create("to"));
+    let (from, to) = (
+        open_account(addr, key, "from", "USD"),
+        open_account(addr, key, "to", "USD"),
+    );
     let (s, _) = http(
         addr,
         "POST",
@@ -361,17 +356,7 @@ fn sigterm_finishes_in_flight_commands_and_exits_zero() {
     let key = "term-key";
     let mut server = Server::start(&dir, &env);
     let addr = server.addr;
-    let (s, a) = http(
-        addr,
-        "POST",
-        "/v1/accounts",
-        Some(key),
-        &[],
-        Some(&json!({"owner_name": "t", "currency": "USD"})),
-    )
-    .expect("create");
-    assert_eq!(s, 201);
-    let id = a["id"].as_str().expect("id").to_string();
+    let id = open_account(addr, key, "t", "USD");
     let ok = Arc::new(AtomicUsize::new(0));
     let started = Arc::new(AtomicUsize::new(0));
     let mut threads = Vec::new();
@@ -598,17 +583,7 @@ fn postgres_outage_under_load_fails_fast_and_recovers() {
     ];
     let server = Server::start(&dir, &env);
     let addr = server.addr;
-    let (s, a) = http(
-        addr,
-        "POST",
-        "/v1/accounts",
-        Some(key),
-        &[],
-        Some(&json!({"owner_name": "o", "currency": "USD"})),
-    )
-    .expect("create");
-    assert_eq!(s, 201);
-    let id = a["id"].as_str().expect("id").to_string();
+    let id = open_account(addr, key, "o", "USD");
 
     let outcomes = Arc::new(Mutex::new(Vec::<Outcome>::new()));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
