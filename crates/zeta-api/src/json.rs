@@ -157,7 +157,7 @@ pub fn parse(bytes: &[u8]) -> Result<Value, ApiError> {
 /// Writes the RFC 8785 canonical form (the one the audit log hashes): equal documents, equal
 /// bytes.
 pub fn canonical(value: &Value, out: &mut String) {
-    out.push_str(&zeta_ledger::audit::canonical_json(value));
+    zeta_ledger::audit::write_canonical(value, out);
 }
 
 /// Finds a number that the databases would not give back unchanged: stored JSON keeps numbers
