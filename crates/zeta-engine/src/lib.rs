@@ -278,10 +278,26 @@ impl Writer {
             let overlaps = in_flight.iter().any(
                 |(_, other)| !matches!((&accounts, other), (Some(a), Some(b)) if a.is_disjoint(b)),
             );
-            // Overlapping a running batch pays only when this one is not much smaller: two
-            // commits then share the WAL flush instead of doubling the transactions.
-            let too_small = !in_flight.is_empty() && jobs.len() * 2 < last_size;
-            if overlaps || too_small {
+            // Overlapping a running batch pays only when this one is not much smaller than the
+            // last: a batch of the first few arrivals would double the transactions. Until the
+            // queue has grown to that or the running batch ends, keep gathering.
+            if !overlaps && !in_flight.is_empty() && jobs.len() * 2 < last_size {
+                self.gather(
+                    &mut rx,
+                    &mut pending,
+                    &mut jobs,
+                    &mut weight,
+                    &mut in_flight,
+                    last_size,
+                )
+                .await;
+                in_flight.retain(|(task, _)| !task.is_finished());
+                accounts = if sets { touched_accounts(&jobs) } else { None };
+            }
+            let overlaps = in_flight.iter().any(
+                |(_, other)| !matches!((&accounts, other), (Some(a), Some(b)) if a.is_disjoint(b)),
+            );
+            if overlaps {
                 // It must follow the running batches: wait for them, then take what queued
                 // meanwhile too.
                 for (task, _) in in_flight.drain(..) {
@@ -294,6 +310,34 @@ impl Writer {
             let writer = self.clone();
             let task = tokio::spawn(async move { writer.run_batch(jobs).await });
             in_flight.push_back((task, accounts));
+        }
+    }
+
+    /// Adds arriving jobs to `jobs` until it holds half of `last_size`, the oldest running
+    /// batch ends, or the queue closes.
+    async fn gather(
+        &self,
+        rx: &mut mpsc::Receiver<Job>,
+        pending: &mut VecDeque<Job>,
+        jobs: &mut Vec<Job>,
+        weight: &mut usize,
+        in_flight: &mut VecDeque<(JoinHandle<()>, Option<HashSet<Uuid>>)>,
+        last_size: usize,
+    ) {
+        let Some((oldest, _)) = in_flight.front_mut() else {
+            return;
+        };
+        while jobs.len() * 2 < last_size && jobs.len() < self.settings.max_batch {
+            tokio::select! {
+                _ = &mut *oldest => break,
+                job = rx.recv() => match job {
+                    Some(job) => {
+                        pending.push_back(job);
+                        self.fill(rx, pending, jobs, weight);
+                    }
+                    None => break,
+                },
+            }
         }
     }
 
@@ -569,7 +613,7 @@ async fn apply_batch(
         });
         *reply = Some(Reply::Applied { outcome, stored });
     }
-    let mut changes = working.into_changes();
+    let changes = working.into_changes();
     let replies: Vec<Reply> = replies
         .into_iter()
         .map(|r| r.expect("every job has a reply"))
@@ -581,8 +625,11 @@ async fn apply_batch(
     }
     let batch_id = Uuid::now_v7();
     tx.mark_batch(batch_id).await?;
-    // The audit events join the chain under the chain lock, held until the COMMIT is answered.
-    // The cached head is taken out: on any failure it stays empty and the next batch reads it.
+    tx.write(&changes, &records).await?;
+    // The audit events join the chain under the chain lock, held from their insert until the
+    // COMMIT is answered (so the chain is appended in commit order and the serial part of
+    // overlapping batches is this insert and the COMMIT). The cached head is taken out: on any
+    // failure it stays empty and the next batch reads it from the database.
     let mut sealed = None;
     if !drafts.is_empty() {
         let mut cached = chain.lock().await;
@@ -590,12 +637,13 @@ async fn apply_batch(
             Some(head) => head,
             None => tx.audit_head().await?.unwrap_or_else(ChainHead::genesis),
         };
-        for (actor, events) in drafts {
-            audit::seal(&mut head, now, actor, events, &mut changes.audit_events);
+        let mut events = Vec::new();
+        for (actor, drafts) in drafts {
+            audit::seal(&mut head, now, actor, drafts, &mut events);
         }
+        tx.append_audit(&events).await?;
         sealed = Some((cached, head));
     }
-    tx.write(&changes, &records).await?;
     match tx.commit().await {
         Ok(()) => {
             if let Some((mut cached, head)) = sealed {

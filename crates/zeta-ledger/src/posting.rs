@@ -6,7 +6,6 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::audit::AuditEvent;
 use crate::command::{
     AccountPatch, BatchItem, Command, Envelope, NewAccount, NewApiKey, Scope, TransferSpec,
 };
@@ -52,8 +51,6 @@ pub struct Changes {
     /// New API keys with their secret hashes.
     pub new_api_keys: Vec<(ApiKey, Vec<u8>)>,
     pub revoked_api_keys: Vec<ApiKey>,
-    /// The audit events of the batch, chained (filled in by the engine).
-    pub audit_events: Vec<AuditEvent>,
 }
 
 impl Changes {
@@ -66,7 +63,6 @@ impl Changes {
             && self.updated_transfers.is_empty()
             && self.new_api_keys.is_empty()
             && self.revoked_api_keys.is_empty()
-            && self.audit_events.is_empty()
     }
 }
 
@@ -275,7 +271,6 @@ impl Working {
             updated_transfers,
             new_api_keys,
             revoked_api_keys,
-            audit_events: Vec::new(),
         }
     }
 

@@ -362,22 +362,21 @@ impl PgStore {
         }
     }
 
-    /// The engine's transaction. Its statements are planned for their actual parameters
-    /// (`force_custom_plan`): they find rows by `unnest` of array parameters, and the generic
-    /// plan of a statement prepared while a table was small (a seq scan and a hash join) stays
-    /// cached on the connection and scans the whole table on every batch once it is large — a
-    /// seq scan of 100 000 accounts per batch cost about a third of the throughput.
+    /// The engine's transaction. Its statements are unnamed, as behind a transaction pooler,
+    /// so each is planned for its actual parameters: they find rows by `unnest` or `= ANY` of
+    /// array parameters, and the generic plan of a named statement prepared while a table was
+    /// small (a seq scan and a hash join) stays cached on the connection and scans the whole
+    /// table on every batch once it is large — a seq scan of 100 000 accounts per batch cost
+    /// about a third of the throughput. (`plan_cache_mode = force_custom_plan` would also re-plan
+    /// the foreign-key checks' cached queries, once per inserted row.)
     async fn begin_ledger(&self) -> StoreResult<PgLedgerTx> {
         let tx = self
-            .begin_with(
-                "BEGIN ISOLATION LEVEL REPEATABLE READ; \
-                 SET LOCAL plan_cache_mode = force_custom_plan",
-            )
+            .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ")
             .await?;
         Ok(PgLedgerTx {
             tx,
             batch_id: None,
-            mode: self.mode,
+            mode: PoolMode::Transaction,
         })
     }
 
@@ -900,6 +899,10 @@ impl LedgerTx for PgLedgerTx {
         rows::write_changes(&mut self.tx, changes, idempotency, self.batch_id, self.mode).await
     }
 
+    async fn append_audit(&mut self, events: &[AuditEvent]) -> StoreResult<()> {
+        rows::append_audit(&mut self.tx, events, self.mode).await
+    }
+
     async fn mark_batch(&mut self, batch_id: Uuid) -> StoreResult<()> {
         // Written by `write`, in the same statement as the batch's rows.
         self.batch_id = Some(batch_id);
@@ -914,34 +917,73 @@ impl LedgerTx for PgLedgerTx {
 #[cfg(test)]
 mod tests {
     use super::{PgSettings, PgStore, PoolMode, split_pool_mode};
+    use uuid::Uuid;
+    use zeta_ledger::Changes;
+    use zeta_store::{LedgerTx, Store};
 
-    /// The engine's transaction runs at REPEATABLE READ with custom plans, directly and through
-    /// a transaction pooler (`SET LOCAL`, so nothing stays on a pooled server connection).
+    /// The engine's transaction runs at REPEATABLE READ and leaves no named (generically
+    /// planned) statement on its connection.
     #[tokio::test]
-    async fn the_ledger_transaction_plans_for_its_parameters() {
-        let url = std::env::var("TEST_DATABASE_URL")
+    async fn the_ledger_transaction_plans_every_statement_for_its_parameters() {
+        let server = std::env::var("TEST_DATABASE_URL")
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-        let store = PgStore::connect(&url, &PgSettings::default()).expect("valid URL");
-        let mut ledger = store.begin_ledger().await.unwrap_or_else(|e| {
-            panic!("PostgreSQL is required for this test and cannot be reached at {url}: {e}")
-        });
-        for (setting, expected) in [
-            ("plan_cache_mode", "force_custom_plan"),
-            ("transaction_isolation", "repeatable read"),
-        ] {
-            let value: String = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SHOW {setting}")))
-                .fetch_one(&mut *ledger.tx)
-                .await
-                .expect("SHOW");
-            assert_eq!(value, expected, "{setting}");
-        }
-        ledger.tx.rollback().await.expect("rollback");
-        let mut conn = store.pool().acquire().await.expect("connection");
-        let after: String = sqlx::query_scalar("SHOW plan_cache_mode")
-            .fetch_one(&mut *conn)
+        let admin = PgStore::connect(&server, &PgSettings::default()).expect("valid URL");
+        let name = format!("zeta_store_test_{}", Uuid::new_v4().simple());
+        let create = format!("CREATE DATABASE {name}");
+        sqlx::query(sqlx::AssertSqlSafe(create))
+            .execute(admin.pool())
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "PostgreSQL is required for this test and cannot be reached at {server}: {e}"
+                )
+            });
+        let (base, _) = split_pool_mode(&server).expect("valid URL");
+        let (root, _) = base.rsplit_once('/').expect("a database in the URL");
+        let store =
+            PgStore::connect(&format!("{root}/{name}"), &PgSettings::default()).expect("URL");
+        store.migrate().await.expect("migrate");
+
+        let mut ledger = store.begin_ledger().await.expect("begin");
+        let isolation: String = sqlx::query_scalar("SHOW transaction_isolation")
+            .persistent(false)
+            .fetch_one(&mut *ledger.tx)
             .await
             .expect("SHOW");
-        assert_eq!(after, "auto", "the setting ends with the transaction");
+        assert_eq!(isolation, "repeatable read");
+        assert!(
+            ledger
+                .lock_accounts(&[Uuid::nil()])
+                .await
+                .expect("lock")
+                .is_empty()
+        );
+        assert_eq!(ledger.audit_head().await.expect("head"), None);
+        assert!(
+            ledger
+                .idempotency_lookup(&[(Uuid::nil(), "k".into())])
+                .await
+                .expect("keys")
+                .is_empty()
+        );
+        ledger.write(&Changes::default(), &[]).await.expect("write");
+        let named: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_prepared_statements")
+            .persistent(false)
+            .fetch_one(&mut *ledger.tx)
+            .await
+            .expect("count");
+        assert_eq!(
+            named, 0,
+            "every statement of the ledger transaction is unnamed"
+        );
+        ledger.tx.rollback().await.expect("rollback");
+
+        store.pool().close().await;
+        let drop = format!("DROP DATABASE {name} WITH (FORCE)");
+        sqlx::query(sqlx::AssertSqlSafe(drop))
+            .execute(admin.pool())
+            .await
+            .expect("drop");
     }
 
     #[test]

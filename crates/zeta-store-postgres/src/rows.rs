@@ -222,7 +222,6 @@ pub(crate) async fn write_changes(
     let (nt, ut) = (&c.new_transfers, &c.updated_transfers);
     let (nx, ux) = (&c.new_transactions, &c.updated_transactions);
     let i = idempotency;
-    let e = &c.audit_events;
     if !c.new_api_keys.is_empty() || !c.revoked_api_keys.is_empty() {
         write_api_keys(tx, c, mode).await?;
     }
@@ -279,13 +278,7 @@ pub(crate) async fn write_changes(
            SELECT * FROM unnest($66::uuid[], $67::text[], $68::bytea[], $69::int2[],
                                 $70::bytea[], $71::timestamptz[])),
          marker AS (
-           INSERT INTO ledger_commits (id) SELECT $72::uuid WHERE $72::uuid IS NOT NULL),
-         audit AS (
-           INSERT INTO audit_events (seq, at, actor_key_id, request_id, action, resource_type,
-                                     resource_id, details, prev_hash, hash)
-           SELECT * FROM unnest($73::int8[], $74::timestamptz[], $75::uuid[], $76::text[],
-                                $77::text[], $78::text[], $79::uuid[], $80::text[], $81::text[],
-                                $82::text[]))
+           INSERT INTO ledger_commits (id) SELECT $72::uuid WHERE $72::uuid IS NOT NULL)
          SELECT 1",
         mode,
     )
@@ -412,7 +405,25 @@ pub(crate) async fn write_changes(
     .bind(i.iter().map(|x| x.body.as_slice()).collect::<Vec<_>>())
     .bind(i.iter().map(|x| x.created_at).collect::<Vec<_>>())
     .bind(batch_id)
-    // audit events
+    .execute(&mut **tx)
+    .await
+    .map_err(classify)?;
+    Ok(())
+}
+
+/// Appends sealed audit events in one statement.
+pub(crate) async fn append_audit(
+    tx: &mut sqlx::Transaction<'static, Postgres>,
+    e: &[AuditEvent],
+    mode: PoolMode,
+) -> StoreResult<()> {
+    query(
+        "INSERT INTO audit_events (seq, at, actor_key_id, request_id, action, resource_type,
+                                   resource_id, details, prev_hash, hash)
+         SELECT * FROM unnest($1::int8[], $2::timestamptz[], $3::uuid[], $4::text[], $5::text[],
+                              $6::text[], $7::uuid[], $8::text[], $9::text[], $10::text[])",
+        mode,
+    )
     .bind(e.iter().map(|x| x.seq).collect::<Vec<_>>())
     .bind(e.iter().map(|x| x.at).collect::<Vec<_>>())
     .bind(e.iter().map(|x| x.actor_key_id).collect::<Vec<_>>())

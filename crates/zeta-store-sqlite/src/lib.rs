@@ -610,6 +610,10 @@ impl LedgerTx for SqliteLedgerTx {
         rows::write_changes(&mut self.tx, changes, idempotency).await
     }
 
+    async fn append_audit(&mut self, events: &[AuditEvent]) -> StoreResult<()> {
+        rows::append_audit(&mut self.tx, events).await
+    }
+
     async fn commit(self: Box<Self>) -> StoreResult<()> {
         self.tx.commit().await.map_err(classify)
     }

@@ -511,33 +511,6 @@ pub(crate) async fn write_changes(
             .await
             .map_err(classify)?;
     }
-    if !c.audit_events.is_empty() {
-        let rows = c
-            .audit_events
-            .iter()
-            .map(|e| Ok((e, micros_of(e.at)?)))
-            .collect::<StoreResult<Vec<_>>>()?;
-        insert_chunks(
-            tx,
-            "INSERT INTO audit_events (seq, at, actor_key_id, request_id, action, \
-             resource_type, resource_id, details, prev_hash, hash) ",
-            10,
-            &rows,
-            |b, (e, at)| {
-                b.push_bind(e.seq)
-                    .push_bind(*at)
-                    .push_bind(e.actor_key_id.map(id))
-                    .push_bind(e.request_id.as_deref())
-                    .push_bind(e.action.as_str())
-                    .push_bind(e.resource_type.as_str())
-                    .push_bind(id(e.resource_id))
-                    .push_bind(e.details.as_str())
-                    .push_bind(e.prev_hash.as_str())
-                    .push_bind(e.hash.as_str());
-            },
-        )
-        .await?;
-    }
     if !idempotency.is_empty() {
         let rows = idempotency
             .iter()
@@ -562,6 +535,40 @@ pub(crate) async fn write_changes(
                     .push_bind(i16::try_from(r.i.status).unwrap_or(500))
                     .push_bind(r.i.body.as_slice())
                     .push_bind(r.created_at);
+            },
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Appends sealed audit events.
+pub(crate) async fn append_audit(
+    tx: &mut sqlx::Transaction<'static, Sqlite>,
+    events: &[AuditEvent],
+) -> StoreResult<()> {
+    if !events.is_empty() {
+        let rows = events
+            .iter()
+            .map(|e| Ok((e, micros_of(e.at)?)))
+            .collect::<StoreResult<Vec<_>>>()?;
+        insert_chunks(
+            tx,
+            "INSERT INTO audit_events (seq, at, actor_key_id, request_id, action, \
+             resource_type, resource_id, details, prev_hash, hash) ",
+            10,
+            &rows,
+            |b, (e, at)| {
+                b.push_bind(e.seq)
+                    .push_bind(*at)
+                    .push_bind(e.actor_key_id.map(id))
+                    .push_bind(e.request_id.as_deref())
+                    .push_bind(e.action.as_str())
+                    .push_bind(e.resource_type.as_str())
+                    .push_bind(id(e.resource_id))
+                    .push_bind(e.details.as_str())
+                    .push_bind(e.prev_hash.as_str())
+                    .push_bind(e.hash.as_str());
             },
         )
         .await?;

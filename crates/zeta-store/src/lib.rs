@@ -183,6 +183,10 @@ pub trait LedgerTx: Send {
         changes: &Changes,
         idempotency: &[IdempotencyRecord],
     ) -> StoreResult<()>;
+    /// Appends sealed audit events. The engine calls it after `write`, holding the chain head
+    /// until the COMMIT is answered, so the serial part of concurrent batches is only this
+    /// insert and the COMMIT.
+    async fn append_audit(&mut self, events: &[AuditEvent]) -> StoreResult<()>;
     /// Records that this transaction is batch `batch_id` (see [`Store::resolve_batch`]); called
     /// before `write`, whose statements may carry the marker.
     async fn mark_batch(&mut self, _batch_id: Uuid) -> StoreResult<()> {

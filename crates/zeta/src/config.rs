@@ -155,8 +155,8 @@ pub struct ServeSettings {
     pub engine_max_batch_weight: usize,
 
     /// Transactions one writer may have in flight at once (a batch overlaps earlier ones only
-    /// when it touches none of their accounts).
-    #[arg(long, env = "ZETA_ENGINE_PIPELINE", default_value_t = 1)]
+    /// when it touches none of their accounts; always 1 on SQLite).
+    #[arg(long, env = "ZETA_ENGINE_PIPELINE", default_value_t = 2)]
     pub engine_pipeline: usize,
 
     /// Commands that may queue per writer before submitters wait.

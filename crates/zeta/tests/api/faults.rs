@@ -68,6 +68,9 @@ impl LedgerTx for FaultyTx {
     async fn write(&mut self, c: &Changes, i: &[IdempotencyRecord]) -> StoreResult<()> {
         self.inner.write(c, i).await
     }
+    async fn append_audit(&mut self, events: &[AuditEvent]) -> StoreResult<()> {
+        self.inner.append_audit(events).await
+    }
     async fn mark_batch(&mut self, id: Uuid) -> StoreResult<()> {
         self.inner.mark_batch(id).await
     }
