@@ -5,10 +5,11 @@ use std::sync::Arc;
 
 use rand::RngCore;
 use sha2::{Digest, Sha256};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use uuid::Uuid;
 use zeta_engine::{Engine, EngineError, Reply};
 use zeta_ledger::{ApiKey, Command, Effect, Envelope, LedgerError, NewApiKey, Scope};
-use zeta_store::ApiKeyRecord;
+use zeta_store::{ApiKeyRecord, Store, StoreError, StoreResult};
 
 use crate::error::ApiError;
 
@@ -159,4 +160,70 @@ pub async fn create_key(
             )));
         }
     })
+}
+
+type KeyAnswer = oneshot::Sender<StoreResult<Option<ApiKeyRecord>>>;
+
+/// Looks the keys of concurrent requests up together: the requests that arrive while lookups
+/// are running share the next query (`secret_hash = ANY(…)`), so a busy server sends one key
+/// query per database round trip instead of one per request. Nothing is cached: every
+/// request's lookup is a query that starts after the request arrived, so a key revoked before
+/// a request arrives is refused on every instance.
+pub struct KeyLookups {
+    queue: mpsc::UnboundedSender<(Vec<u8>, KeyAnswer)>,
+}
+
+impl KeyLookups {
+    /// Most secret hashes in one query.
+    const MAX_BATCH: usize = 256;
+    /// Queries running at once (each holds a pool connection while it runs).
+    const IN_FLIGHT: usize = 4;
+
+    /// Starts the lookup task (it ends when the `KeyLookups` is dropped).
+    pub fn start(store: Arc<dyn Store>) -> Self {
+        let (queue, mut rx) = mpsc::unbounded_channel::<(Vec<u8>, KeyAnswer)>();
+        tokio::spawn(async move {
+            let permits = Arc::new(Semaphore::new(Self::IN_FLIGHT));
+            while let Some(first) = rx.recv().await {
+                // While every query slot is busy, more requests queue and join this batch.
+                let Ok(permit) = permits.clone().acquire_owned().await else {
+                    break;
+                };
+                let mut batch = vec![first];
+                while batch.len() < Self::MAX_BATCH {
+                    match rx.try_recv() {
+                        Ok(lookup) => batch.push(lookup),
+                        Err(_) => break,
+                    }
+                }
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let mut hashes: Vec<Vec<u8>> = batch.iter().map(|(h, _)| h.clone()).collect();
+                    hashes.sort_unstable();
+                    hashes.dedup();
+                    let found = store.find_api_keys(&hashes).await;
+                    drop(permit);
+                    for (hash, answer) in batch {
+                        let key = found.as_ref().map_err(Clone::clone).map(|keys| {
+                            keys.iter()
+                                .find(|(h, _)| *h == hash)
+                                .map(|(_, key)| key.clone())
+                        });
+                        let _ = answer.send(key);
+                    }
+                });
+            }
+        });
+        Self { queue }
+    }
+
+    /// The live key with this secret hash.
+    pub async fn find(&self, secret_hash: Vec<u8>) -> StoreResult<Option<ApiKeyRecord>> {
+        let stopped = || StoreError::Unavailable("the key lookup task stopped".into());
+        let (answer, rx) = oneshot::channel();
+        self.queue
+            .send((secret_hash, answer))
+            .map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
+    }
 }

@@ -40,6 +40,8 @@ pub struct AppState {
     pub engine: Arc<Engine>,
     pub breaker: Arc<CircuitBreaker>,
     pub limiter: Arc<Limiter>,
+    /// API-key lookups, shared by concurrent requests.
+    pub keys: Arc<auth::KeyLookups>,
     in_flight: Arc<Mutex<HashSet<(Uuid, String)>>>,
     shutting_down: Arc<AtomicBool>,
     /// Longest time one request may take before it is answered 503.
@@ -58,6 +60,7 @@ impl AppState {
     ) -> Self {
         telemetry::handle();
         Self {
+            keys: Arc::new(auth::KeyLookups::start(store.clone())),
             store,
             engine,
             breaker: Arc::new(CircuitBreaker::new(breaker)),

@@ -181,8 +181,8 @@ pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Calle
         .ok_or(ApiError::Unauthorized)?;
     state.breaker.admit()?;
     let found = state
-        .store
-        .find_api_key(&hash_secret(token))
+        .keys
+        .find(hash_secret(token))
         .await
         .map_err(crate::store_error);
     state.breaker.observe(&found);

@@ -629,19 +629,24 @@ impl Store for PgStore {
         row.map(|r| idempotency_from_row(&r)).transpose()
     }
 
-    async fn find_api_key(&self, secret_hash: &[u8]) -> StoreResult<Option<ApiKeyRecord>> {
+    async fn find_api_keys(
+        &self,
+        secret_hashes: &[Vec<u8>],
+    ) -> StoreResult<Vec<(Vec<u8>, ApiKeyRecord)>> {
         let mut c = self.single().await?;
-        let row = self
+        let rows = self
             .query(
-                "SELECT id, name, role, account_ids, created_at, revoked_at
-               FROM api_keys WHERE secret_hash = $1 AND revoked_at IS NULL",
+                "SELECT id, name, role, account_ids, created_at, revoked_at, secret_hash
+               FROM api_keys WHERE secret_hash = ANY($1) AND revoked_at IS NULL",
             )
-            .bind(secret_hash)
-            .fetch_optional(c.conn())
+            .bind(secret_hashes)
+            .fetch_all(c.conn())
             .await
             .map_err(classify)?;
         c.done().await?;
-        row.map(|r| rows::api_key_from_row(&r)).transpose()
+        rows.iter()
+            .map(|r| Ok((rows::get(r, "secret_hash")?, rows::api_key_from_row(r)?)))
+            .collect()
     }
 
     async fn list_api_keys(&self) -> StoreResult<Vec<ApiKeyRecord>> {

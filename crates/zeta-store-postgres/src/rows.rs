@@ -17,7 +17,7 @@ fn corrupt(what: &str, value: &str) -> StoreError {
     StoreError::Other(format!("unexpected {what} in database: {value:?}"))
 }
 
-fn get<'r, T: sqlx::Decode<'r, Postgres> + sqlx::Type<Postgres>>(
+pub(crate) fn get<'r, T: sqlx::Decode<'r, Postgres> + sqlx::Type<Postgres>>(
     row: &'r PgRow,
     column: &str,
 ) -> StoreResult<T> {

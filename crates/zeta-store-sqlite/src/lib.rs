@@ -377,17 +377,26 @@ impl Store for SqliteStore {
         .transpose()
     }
 
-    async fn find_api_key(&self, secret_hash: &[u8]) -> StoreResult<Option<ApiKeyRecord>> {
-        sqlx::query(
-            "SELECT id, name, role, account_ids, created_at, revoked_at
-               FROM api_keys WHERE secret_hash = ?1 AND revoked_at IS NULL",
-        )
-        .bind(secret_hash)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(classify)?
-        .map(|r| rows::api_key_from_row(&r))
-        .transpose()
+    async fn find_api_keys(
+        &self,
+        secret_hashes: &[Vec<u8>],
+    ) -> StoreResult<Vec<(Vec<u8>, ApiKeyRecord)>> {
+        let mut q = QueryBuilder::<Sqlite>::new(
+            "SELECT id, name, role, account_ids, created_at, revoked_at, secret_hash
+               FROM api_keys WHERE revoked_at IS NULL AND secret_hash IN (",
+        );
+        let mut list = q.separated(", ");
+        for hash in secret_hashes {
+            list.push_bind(hash.as_slice());
+        }
+        q.push(")");
+        q.build()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(classify)?
+            .iter()
+            .map(|r| Ok((rows::get(r, "secret_hash")?, rows::api_key_from_row(r)?)))
+            .collect()
     }
 
     async fn list_api_keys(&self) -> StoreResult<Vec<ApiKeyRecord>> {

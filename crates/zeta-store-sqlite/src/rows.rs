@@ -55,7 +55,7 @@ fn corrupt(what: &str, value: &str) -> StoreError {
 
 // ---- decoding --------------------------------------------------------------------------------
 
-fn get<'r, T: sqlx::Decode<'r, Sqlite> + sqlx::Type<Sqlite>>(
+pub(crate) fn get<'r, T: sqlx::Decode<'r, Sqlite> + sqlx::Type<Sqlite>>(
     row: &'r SqliteRow,
     column: &str,
 ) -> StoreResult<T> {

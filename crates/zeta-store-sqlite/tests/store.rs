@@ -889,6 +889,18 @@ async fn api_keys_and_their_audit_chain() {
         Some(viewer.clone())
     );
     assert_eq!(store.find_api_key(b"nope").await.unwrap(), None);
+    let mut both = store
+        .find_api_keys(&[b"hash-v".to_vec(), b"nope".to_vec(), b"hash-admin".to_vec()])
+        .await
+        .unwrap();
+    both.sort_by(|x, y| x.0.cmp(&y.0));
+    assert_eq!(
+        both,
+        vec![
+            (b"hash-admin".to_vec(), admin.clone()),
+            (b"hash-v".to_vec(), viewer.clone())
+        ]
+    );
     assert_eq!(
         store.list_api_keys().await.unwrap(),
         vec![admin.clone(), viewer.clone()]
@@ -898,6 +910,13 @@ async fn api_keys_and_their_audit_chain() {
     let revoked = key_of(outcome_of(&engine, Command::RevokeApiKey { key_id: viewer.id }).await);
     assert!(revoked.revoked_at.is_some());
     assert_eq!(store.find_api_key(b"hash-v").await.unwrap(), None);
+    assert_eq!(
+        store
+            .find_api_keys(&[b"hash-v".to_vec(), b"hash-admin".to_vec()])
+            .await
+            .unwrap(),
+        vec![(b"hash-admin".to_vec(), admin.clone())]
+    );
     assert_eq!(store.list_api_keys().await.unwrap(), vec![admin.clone()]);
     assert_eq!(
         outcome_of(&engine, Command::RevokeApiKey { key_id: viewer.id }).await,

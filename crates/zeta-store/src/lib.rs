@@ -128,8 +128,16 @@ pub trait Store: Send + Sync + 'static {
         key: &str,
     ) -> StoreResult<Option<IdempotencyRecord>>;
 
+    /// The live (not revoked) keys with these secret hashes, each with its hash.
+    async fn find_api_keys(
+        &self,
+        secret_hashes: &[Vec<u8>],
+    ) -> StoreResult<Vec<(Vec<u8>, ApiKeyRecord)>>;
     /// The live (not revoked) key with this secret hash.
-    async fn find_api_key(&self, secret_hash: &[u8]) -> StoreResult<Option<ApiKeyRecord>>;
+    async fn find_api_key(&self, secret_hash: &[u8]) -> StoreResult<Option<ApiKeyRecord>> {
+        let found = self.find_api_keys(&[secret_hash.to_vec()]).await?;
+        Ok(found.into_iter().next().map(|(_, key)| key))
+    }
     /// The live keys, oldest first (keys are created and revoked by the engine).
     async fn list_api_keys(&self) -> StoreResult<Vec<ApiKeyRecord>>;
     /// Audit events with `seq > after_seq`, ascending, at most `limit`.

@@ -133,8 +133,8 @@ impl Store for Faulty {
     async fn get_idempotency(&self, s: Uuid, k: &str) -> StoreResult<Option<IdempotencyRecord>> {
         self.inner.get_idempotency(s, k).await
     }
-    async fn find_api_key(&self, h: &[u8]) -> StoreResult<Option<ApiKeyRecord>> {
-        self.inner.find_api_key(h).await
+    async fn find_api_keys(&self, h: &[Vec<u8>]) -> StoreResult<Vec<(Vec<u8>, ApiKeyRecord)>> {
+        self.inner.find_api_keys(h).await
     }
     async fn list_api_keys(&self) -> StoreResult<Vec<ApiKeyRecord>> {
         self.inner.list_api_keys().await

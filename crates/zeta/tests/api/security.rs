@@ -291,6 +291,69 @@ async fn every_role_against_every_route_class() {
 
 /// A key limited to account A cannot see or touch account B, its transactions or its transfers:
 /// all of it looks missing (404), lists stop at A, and nothing changes.
+/// Concurrent requests share key lookups: each is still answered for its own key — a
+/// viewer, a key scoped to one account, a revoked key and an unknown secret, all at once.
+#[tokio::test]
+async fn concurrent_requests_are_each_answered_for_their_own_key() {
+    let app = crate::spawn().await;
+    let a = app.funded("USD", 1_000).await;
+    let b = app.funded("USD", 1_000).await;
+    let viewer = app.key("viewer", None).await;
+    let only_a = app.key("operator", Some(vec![uuid(&a)])).await;
+    let revoked = create_key(&app, json!({"name": "gone", "role": "admin"})).await;
+    let revoked_secret = revoked.json["key"].as_str().expect("secret").to_string();
+    let gone = delete(
+        &app,
+        &format!("/v1/api-keys/{}", revoked.id()),
+        &app.admin_key,
+    )
+    .await;
+    assert_eq!(gone.status, 204);
+    let unknown = format!("zeta_{}", "0".repeat(64));
+    let app = std::sync::Arc::new(app);
+
+    let cases = [
+        (viewer.clone(), a.clone(), 200, ""),
+        (viewer, b.clone(), 200, ""),
+        (only_a.clone(), a.clone(), 200, ""),
+        (only_a, b.clone(), 404, "not_found"),
+        (revoked_secret, a.clone(), 401, "unauthorized"),
+        (unknown, b, 401, "unauthorized"),
+    ];
+    let mut tasks = tokio::task::JoinSet::new();
+    for round in 0..10 {
+        for (case, (key, account, status, code)) in cases.iter().cloned().enumerate() {
+            let app = app.clone();
+            tasks.spawn(async move {
+                let r = app
+                    .get(&format!("/v1/accounts/{account}"))
+                    .key(&key)
+                    .send()
+                    .await;
+                let got = (
+                    r.status,
+                    if r.status == 200 {
+                        String::new()
+                    } else {
+                        r.code().to_string()
+                    },
+                );
+                (round, case, got, (status, code.to_string()), r.json)
+            });
+        }
+    }
+    let mut answered = 0;
+    while let Some(done) = tasks.join_next().await {
+        let (round, case, got, expected, body) = done.expect("task");
+        assert_eq!(got, expected, "round {round}, case {case}: {body}");
+        if expected.0 == 200 {
+            assert_eq!(body["balance"], 1_000, "round {round}, case {case}");
+        }
+        answered += 1;
+    }
+    assert_eq!(answered, 60);
+}
+
 #[tokio::test]
 async fn a_scoped_key_sees_nothing_outside_its_accounts() {
     let app = crate::spawn().await;
