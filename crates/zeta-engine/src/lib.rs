@@ -244,8 +244,7 @@ struct Writer {
 impl Writer {
     async fn run(self: Arc<Self>, mut rx: mpsc::Receiver<Job>) {
         let mut pending: VecDeque<Job> = VecDeque::new();
-        // Batches still running: their task and the accounts they touch (None: unknown).
-        let mut in_flight: VecDeque<(JoinHandle<()>, Option<HashSet<Uuid>>)> = VecDeque::new();
+        let mut in_flight: InFlight = VecDeque::new();
         let depth = self.settings.pipeline.max(1);
         let mut last_size = 0;
         loop {
@@ -273,15 +272,21 @@ impl Writer {
             let mut weight = 0;
             self.fill(&mut rx, &mut pending, &mut jobs, &mut weight);
             // Account sets only matter when batches can overlap (pipeline > 1).
-            let sets = depth > 1;
-            let mut accounts = if sets { touched_accounts(&jobs) } else { None };
-            let overlaps = in_flight.iter().any(
-                |(_, other)| !matches!((&accounts, other), (Some(a), Some(b)) if a.is_disjoint(b)),
-            );
+            let touched = |jobs: &[Job]| {
+                if depth > 1 {
+                    touched_accounts(jobs)
+                } else {
+                    None
+                }
+            };
+            let mut accounts = touched(&jobs);
             // Overlapping a running batch pays only when this one is not much smaller than the
             // last: a batch of the first few arrivals would double the transactions. Until the
             // queue has grown to that or the running batch ends, keep gathering.
-            if !overlaps && !in_flight.is_empty() && jobs.len() * 2 < last_size {
+            if !in_flight.is_empty()
+                && jobs.len() * 2 < last_size
+                && !overlaps_running(&in_flight, &accounts)
+            {
                 self.gather(
                     &mut rx,
                     &mut pending,
@@ -292,19 +297,16 @@ impl Writer {
                 )
                 .await;
                 in_flight.retain(|(task, _)| !task.is_finished());
-                accounts = if sets { touched_accounts(&jobs) } else { None };
+                accounts = touched(&jobs);
             }
-            let overlaps = in_flight.iter().any(
-                |(_, other)| !matches!((&accounts, other), (Some(a), Some(b)) if a.is_disjoint(b)),
-            );
-            if overlaps {
+            if overlaps_running(&in_flight, &accounts) {
                 // It must follow the running batches: wait for them, then take what queued
                 // meanwhile too.
                 for (task, _) in in_flight.drain(..) {
                     let _ = task.await;
                 }
                 self.fill(&mut rx, &mut pending, &mut jobs, &mut weight);
-                accounts = if sets { touched_accounts(&jobs) } else { None };
+                accounts = touched(&jobs);
             }
             last_size = jobs.len();
             let writer = self.clone();
@@ -321,7 +323,7 @@ impl Writer {
         pending: &mut VecDeque<Job>,
         jobs: &mut Vec<Job>,
         weight: &mut usize,
-        in_flight: &mut VecDeque<(JoinHandle<()>, Option<HashSet<Uuid>>)>,
+        in_flight: &mut InFlight,
         last_size: usize,
     ) {
         let Some((oldest, _)) = in_flight.front_mut() else {
@@ -469,6 +471,16 @@ impl From<StoreError> for BatchFailure {
             in_doubt: None,
         }
     }
+}
+
+/// Batches still running: their task and the accounts they touch (None: unknown).
+type InFlight = VecDeque<(JoinHandle<()>, Option<HashSet<Uuid>>)>;
+
+/// Whether a batch touching `accounts` may share an account with a running batch.
+fn overlaps_running(in_flight: &InFlight, accounts: &Option<HashSet<Uuid>>) -> bool {
+    in_flight
+        .iter()
+        .any(|(_, other)| !matches!((accounts, other), (Some(a), Some(b)) if a.is_disjoint(b)))
 }
 
 /// The accounts a batch names; `None` when it refers to rows by id (whose accounts are only
