@@ -370,7 +370,7 @@ impl PgStore {
     /// throughput. So seq scans, hash and merge joins are switched off for the transaction
     /// (`SET LOCAL`, gone at COMMIT): every plan, cached or not, finds rows through an index.
     /// The statements stay prepared (no parse or plan per batch; custom plans every time cost
-    /// about 12 % of hot-account throughput, and `plan_cache_mode = force_custom_plan` would
+    /// about 14 % of hot-account throughput, and `plan_cache_mode = force_custom_plan` would
     /// also re-plan the foreign-key checks once per inserted row).
     async fn begin_ledger(&self) -> StoreResult<PgLedgerTx> {
         let tx = self
