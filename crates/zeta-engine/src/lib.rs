@@ -14,12 +14,13 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use rand::Rng;
+use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use uuid::Uuid;
-use zeta_ledger::audit::{self, ChainHead};
-use zeta_ledger::{Command, Envelope, Outcome, Working, now_micros};
-use zeta_store::{IdempotencyRecord, KeyRefs, Store, StoreError};
+use zeta_ledger::audit::{self, AuditDraft, AuditEvent, ChainHead};
+use zeta_ledger::{Actor, Command, Envelope, Outcome, Working, now_micros};
+use zeta_store::{IdempotencyRecord, KeyRefs, LedgerTx, Store, StoreError};
 
 /// Engine limits; every one is explicit.
 #[derive(Clone, Debug)]
@@ -500,6 +501,24 @@ fn touched_accounts(jobs: &[Job]) -> Option<HashSet<Uuid>> {
     Some(ids.into_iter().collect())
 }
 
+/// Seals `drafts` onto the chain head (the cached one, else the database's), into `events`.
+async fn seal(
+    tx: &mut dyn LedgerTx,
+    cached: &mut Option<ChainHead>,
+    now: OffsetDateTime,
+    drafts: Vec<(Option<&Actor>, Vec<AuditDraft>)>,
+    events: &mut Vec<AuditEvent>,
+) -> Result<ChainHead, StoreError> {
+    let mut head = match cached.take() {
+        Some(head) => head,
+        None => tx.audit_head().await?.unwrap_or_else(ChainHead::genesis),
+    };
+    for (actor, drafts) in drafts {
+        audit::seal(&mut head, now, actor, drafts, events);
+    }
+    Ok(head)
+}
+
 fn answer(jobs: &mut Vec<Job>, replies: Vec<Reply>) {
     debug_assert_eq!(jobs.len(), replies.len());
     for (job, reply) in jobs.drain(..).zip(replies) {
@@ -601,7 +620,7 @@ async fn apply_batch(
     let mut working = Working::new(now, accounts, transactions, transfers, taken)
         .with_api_keys(keys.keys, keys.any);
     let mut records = Vec::new();
-    let mut drafts = Vec::new();
+    let mut drafts: Vec<(Option<&Actor>, Vec<AuditDraft>)> = Vec::new();
     for (job, reply) in jobs.iter().zip(replies.iter_mut()) {
         if reply.is_some() {
             continue;
@@ -637,22 +656,31 @@ async fn apply_batch(
     }
     let batch_id = Uuid::now_v7();
     tx.mark_batch(batch_id).await?;
-    tx.write(&changes, &records).await?;
-    // The audit events join the chain under the chain lock, held from their insert until the
-    // COMMIT is answered (so the chain is appended in commit order and the serial part of
-    // overlapping batches is this insert and the COMMIT). The cached head is taken out: on any
-    // failure it stays empty and the next batch reads it from the database.
+    // The audit events join the chain under the chain lock, held until the COMMIT is answered,
+    // so the chain is appended in commit order. When no other batch holds it, the events are
+    // sealed now and go with the rows in one statement; otherwise the rows are written first
+    // and the events after the lock is free, so overlapping batches serialize only on that
+    // insert and the COMMIT. The cached head is taken out: on any failure it stays empty and
+    // the next batch reads it from the database.
     let mut sealed = None;
+    let mut events = Vec::new();
+    if !drafts.is_empty()
+        && let Ok(mut cached) = chain.try_lock()
+    {
+        let head = seal(
+            tx.as_mut(),
+            &mut cached,
+            now,
+            std::mem::take(&mut drafts),
+            &mut events,
+        )
+        .await?;
+        sealed = Some((cached, head));
+    }
+    tx.write(&changes, &records, &events).await?;
     if !drafts.is_empty() {
         let mut cached = chain.lock().await;
-        let mut head = match cached.take() {
-            Some(head) => head,
-            None => tx.audit_head().await?.unwrap_or_else(ChainHead::genesis),
-        };
-        let mut events = Vec::new();
-        for (actor, drafts) in drafts {
-            audit::seal(&mut head, now, actor, drafts, &mut events);
-        }
+        let head = seal(tx.as_mut(), &mut cached, now, drafts, &mut events).await?;
         tx.append_audit(&events).await?;
         sealed = Some((cached, head));
     }

@@ -921,8 +921,17 @@ impl LedgerTx for PgLedgerTx {
         &mut self,
         changes: &Changes,
         idempotency: &[IdempotencyRecord],
+        audit: &[AuditEvent],
     ) -> StoreResult<()> {
-        rows::write_changes(&mut self.tx, changes, idempotency, self.batch_id, self.mode).await
+        rows::write_changes(
+            &mut self.tx,
+            changes,
+            idempotency,
+            audit,
+            self.batch_id,
+            self.mode,
+        )
+        .await
     }
 
     async fn append_audit(&mut self, events: &[AuditEvent]) -> StoreResult<()> {
@@ -1006,7 +1015,7 @@ mod tests {
                 updated_accounts: accounts,
                 ..Changes::default()
             };
-            ledger.write(&changes, &[]).await.expect("write");
+            ledger.write(&changes, &[], &[]).await.expect("write");
             ledger.tx.rollback().await.expect("rollback");
         }
         let many = "SELECT gen_random_uuid() FROM generate_series(1, 20000)";

@@ -1,7 +1,8 @@
 //! Row mapping and the batched writes of the ledger engine.
 
 use serde_json::Value;
-use sqlx::postgres::PgRow;
+use sqlx::Arguments as _;
+use sqlx::postgres::{PgArguments, PgRow};
 use sqlx::{Postgres, Row};
 use uuid::Uuid;
 use zeta_ledger::audit::AuditEvent;
@@ -207,14 +208,133 @@ async fn write_api_keys(
     Ok(())
 }
 
+/// The statement of one batch's writes: a data-modifying CTE per kind of row the batch has,
+/// nothing for the kinds it has not (so a batch of transfers does not plan or start the
+/// inserts of accounts, idempotency keys or changed transfers). Each part's placeholders are
+/// written from `$1` and renumbered as the part is added after the others. The few shapes that
+/// occur are prepared once per connection like any other statement.
+#[derive(Default)]
+struct Ctes {
+    sql: String,
+    args: PgArguments,
+}
+
+type Bound = Result<(), sqlx::error::BoxDynError>;
+
+impl Ctes {
+    fn part(
+        &mut self,
+        name: &str,
+        sql: &str,
+        bind: impl FnOnce(&mut PgArguments) -> Bound,
+    ) -> StoreResult<()> {
+        self.sql
+            .push_str(if self.sql.is_empty() { "WITH " } else { ",\n" });
+        self.sql.push_str(name);
+        self.sql.push_str(" AS (");
+        renumber(sql, self.args.len(), &mut self.sql);
+        self.sql.push(')');
+        bind(&mut self.args).map_err(|e| StoreError::Other(format!("cannot bind {name}: {e}")))
+    }
+
+    async fn execute(
+        self,
+        tx: &mut sqlx::Transaction<'static, Postgres>,
+        mode: PoolMode,
+    ) -> StoreResult<()> {
+        if self.sql.is_empty() {
+            return Ok(());
+        }
+        let sql = self.sql + "\nSELECT 1";
+        sqlx::query_with(sqlx::AssertSqlSafe(sql), self.args)
+            .persistent(mode == PoolMode::Session)
+            .execute(&mut **tx)
+            .await
+            .map_err(classify)?;
+        Ok(())
+    }
+}
+
+/// Copies `sql` to `out` with every placeholder `$n` written as `$(n + offset)`.
+fn renumber(sql: &str, offset: usize, out: &mut String) {
+    let mut rest = sql;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..=at]);
+        rest = &rest[at + 1..];
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        let n: usize = rest[..digits].parse().unwrap_or(0);
+        out.push_str(&(n + offset).to_string());
+        rest = &rest[digits..];
+    }
+    out.push_str(rest);
+}
+
+const NEW_ACCOUNTS: &str = "
+    INSERT INTO accounts (id, account_number, owner_name, currency, balance, held, status,
+                          version, seq, metadata, created_at, updated_at)
+    SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int8[],
+                         $6::int8[], $7::text[], $8::int8[], $9::int8[], $10::jsonb[],
+                         $11::timestamptz[], $12::timestamptz[])";
+const CHANGED_ACCOUNTS: &str = "
+    UPDATE accounts AS a SET owner_name = u.owner_name, balance = u.balance,
+           held = u.held, status = u.status, version = u.version, seq = u.seq,
+           metadata = u.metadata, updated_at = u.updated_at
+      FROM unnest($1::uuid[], $2::text[], $3::int8[], $4::int8[], $5::text[],
+                  $6::int8[], $7::int8[], $8::jsonb[], $9::timestamptz[])
+        AS u(id, owner_name, balance, held, status, version, seq, metadata, updated_at)
+     WHERE a.id = u.id";
+const NEW_TRANSFERS: &str = "
+    INSERT INTO transfers (id, from_account_id, to_account_id, amount, currency, status,
+                           debit_id, credit_id, reverses_id, reversed_by_id, description,
+                           reference, created_at, updated_at)
+    SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::int8[], $5::text[],
+                         $6::text[], $7::uuid[], $8::uuid[], $9::uuid[], $10::uuid[],
+                         $11::text[], $12::text[], $13::timestamptz[], $14::timestamptz[])";
+const CHANGED_TRANSFERS: &str = "
+    UPDATE transfers AS t SET status = u.status, reversed_by_id = u.reversed_by_id,
+           updated_at = u.updated_at
+      FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::timestamptz[])
+        AS u(id, status, reversed_by_id, updated_at)
+     WHERE t.id = u.id";
+const NEW_TRANSACTIONS: &str = "
+    INSERT INTO transactions (id, account_id, seq, posted_seq, type, amount, currency,
+                              status, balance_after, transfer_id, reverses_id,
+                              reversed_by_id, failure_reason, description, reference,
+                              created_at, posted_at, updated_at)
+    SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::int8[], $4::int8[], $5::text[],
+                         $6::int8[], $7::text[], $8::text[], $9::int8[], $10::uuid[],
+                         $11::uuid[], $12::uuid[], $13::text[], $14::text[], $15::text[],
+                         $16::timestamptz[], $17::timestamptz[], $18::timestamptz[])";
+const CHANGED_TRANSACTIONS: &str = "
+    UPDATE transactions AS t SET status = u.status, posted_seq = u.posted_seq,
+           balance_after = u.balance_after, reversed_by_id = u.reversed_by_id,
+           failure_reason = u.failure_reason, posted_at = u.posted_at,
+           updated_at = u.updated_at
+      FROM unnest($1::uuid[], $2::text[], $3::int8[], $4::int8[], $5::uuid[],
+                  $6::text[], $7::timestamptz[], $8::timestamptz[])
+        AS u(id, status, posted_seq, balance_after, reversed_by_id, failure_reason,
+             posted_at, updated_at)
+     WHERE t.id = u.id";
+const NEW_KEYS: &str = "
+    INSERT INTO idempotency_keys (api_key_id, key, request_hash, status, body, created_at)
+    SELECT * FROM unnest($1::uuid[], $2::text[], $3::bytea[], $4::int2[],
+                         $5::bytea[], $6::timestamptz[])";
+const MARKER: &str = "INSERT INTO ledger_commits (id) VALUES ($1::uuid)";
+const AUDIT_EVENTS: &str = "
+    INSERT INTO audit_events (seq, at, actor_key_id, request_id, action, resource_type,
+                              resource_id, details, prev_hash, hash)
+    SELECT * FROM unnest($1::int8[], $2::timestamptz[], $3::uuid[], $4::text[], $5::text[],
+                         $6::text[], $7::uuid[], $8::text[], $9::text[], $10::text[])";
+
 /// Writes a whole batch — new and changed accounts, transfers and transactions, idempotency
-/// records and the batch marker — in ONE statement of data-modifying CTEs: one round trip
-/// whatever the batch size. Empty arrays make their part a no-op. Foreign keys are checked at
+/// records, the batch marker and sealed audit events — in ONE statement of data-modifying
+/// CTEs (see [`Ctes`]): one round trip whatever the batch size. Foreign keys are checked at
 /// the end of the statement, so parents and children may arrive together.
 pub(crate) async fn write_changes(
     tx: &mut sqlx::Transaction<'static, Postgres>,
     c: &Changes,
     idempotency: &[IdempotencyRecord],
+    audit: &[AuditEvent],
     batch_id: Option<Uuid>,
     mode: PoolMode,
 ) -> StoreResult<()> {
@@ -225,225 +345,207 @@ pub(crate) async fn write_changes(
     if !c.new_api_keys.is_empty() || !c.revoked_api_keys.is_empty() {
         write_api_keys(tx, c, mode).await?;
     }
-    query(
-        "WITH
-         new_accounts AS (
-           INSERT INTO accounts (id, account_number, owner_name, currency, balance, held, status,
-                                 version, seq, metadata, created_at, updated_at)
-           SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int8[],
-                                $6::int8[], $7::text[], $8::int8[], $9::int8[], $10::jsonb[],
-                                $11::timestamptz[], $12::timestamptz[])),
-         changed_accounts AS (
-           UPDATE accounts AS a SET owner_name = u.owner_name, balance = u.balance,
-                  held = u.held, status = u.status, version = u.version, seq = u.seq,
-                  metadata = u.metadata, updated_at = u.updated_at
-             FROM unnest($13::uuid[], $14::text[], $15::int8[], $16::int8[], $17::text[],
-                         $18::int8[], $19::int8[], $20::jsonb[], $21::timestamptz[])
-               AS u(id, owner_name, balance, held, status, version, seq, metadata, updated_at)
-            WHERE a.id = u.id),
-         new_transfers AS (
-           INSERT INTO transfers (id, from_account_id, to_account_id, amount, currency, status,
-                                  debit_id, credit_id, reverses_id, reversed_by_id, description,
-                                  reference, created_at, updated_at)
-           SELECT * FROM unnest($22::uuid[], $23::uuid[], $24::uuid[], $25::int8[], $26::text[],
-                                $27::text[], $28::uuid[], $29::uuid[], $30::uuid[], $31::uuid[],
-                                $32::text[], $33::text[], $34::timestamptz[], $35::timestamptz[])),
-         changed_transfers AS (
-           UPDATE transfers AS t SET status = u.status, reversed_by_id = u.reversed_by_id,
-                  updated_at = u.updated_at
-             FROM unnest($36::uuid[], $37::text[], $38::uuid[], $39::timestamptz[])
-               AS u(id, status, reversed_by_id, updated_at)
-            WHERE t.id = u.id),
-         new_transactions AS (
-           INSERT INTO transactions (id, account_id, seq, posted_seq, type, amount, currency,
-                                     status, balance_after, transfer_id, reverses_id,
-                                     reversed_by_id, failure_reason, description, reference,
-                                     created_at, posted_at, updated_at)
-           SELECT * FROM unnest($40::uuid[], $41::uuid[], $42::int8[], $43::int8[], $44::text[],
-                                $45::int8[], $46::text[], $47::text[], $48::int8[], $49::uuid[],
-                                $50::uuid[], $51::uuid[], $52::text[], $53::text[], $54::text[],
-                                $55::timestamptz[], $56::timestamptz[], $57::timestamptz[])),
-         changed_transactions AS (
-           UPDATE transactions AS t SET status = u.status, posted_seq = u.posted_seq,
-                  balance_after = u.balance_after, reversed_by_id = u.reversed_by_id,
-                  failure_reason = u.failure_reason, posted_at = u.posted_at,
-                  updated_at = u.updated_at
-             FROM unnest($58::uuid[], $59::text[], $60::int8[], $61::int8[], $62::uuid[],
-                         $63::text[], $64::timestamptz[], $65::timestamptz[])
-               AS u(id, status, posted_seq, balance_after, reversed_by_id, failure_reason,
-                    posted_at, updated_at)
-            WHERE t.id = u.id),
-         new_keys AS (
-           INSERT INTO idempotency_keys (api_key_id, key, request_hash, status, body, created_at)
-           SELECT * FROM unnest($66::uuid[], $67::text[], $68::bytea[], $69::int2[],
-                                $70::bytea[], $71::timestamptz[])),
-         marker AS (
-           INSERT INTO ledger_commits (id) SELECT $72::uuid WHERE $72::uuid IS NOT NULL)
-         SELECT 1",
-        mode,
-    )
-    // new accounts
-    .bind(na.iter().map(|x| x.id).collect::<Vec<_>>())
-    .bind(
-        na.iter()
-            .map(|x| x.account_number.as_str())
-            .collect::<Vec<_>>(),
-    )
-    .bind(na.iter().map(|x| x.owner_name.as_str()).collect::<Vec<_>>())
-    .bind(na.iter().map(|x| x.currency.as_str()).collect::<Vec<_>>())
-    .bind(na.iter().map(|x| x.balance).collect::<Vec<_>>())
-    .bind(na.iter().map(|x| x.held).collect::<Vec<_>>())
-    .bind(na.iter().map(|x| x.status.as_str()).collect::<Vec<_>>())
-    .bind(na.iter().map(|x| x.version).collect::<Vec<_>>())
-    .bind(na.iter().map(|x| x.seq).collect::<Vec<_>>())
-    .bind(
-        na.iter()
-            .map(|x| Value::Object(x.metadata.clone()))
-            .collect::<Vec<_>>(),
-    )
-    .bind(na.iter().map(|x| x.created_at).collect::<Vec<_>>())
-    .bind(na.iter().map(|x| x.updated_at).collect::<Vec<_>>())
-    // changed accounts
-    .bind(ua.iter().map(|x| x.id).collect::<Vec<_>>())
-    .bind(ua.iter().map(|x| x.owner_name.as_str()).collect::<Vec<_>>())
-    .bind(ua.iter().map(|x| x.balance).collect::<Vec<_>>())
-    .bind(ua.iter().map(|x| x.held).collect::<Vec<_>>())
-    .bind(ua.iter().map(|x| x.status.as_str()).collect::<Vec<_>>())
-    .bind(ua.iter().map(|x| x.version).collect::<Vec<_>>())
-    .bind(ua.iter().map(|x| x.seq).collect::<Vec<_>>())
-    .bind(
-        ua.iter()
-            .map(|x| Value::Object(x.metadata.clone()))
-            .collect::<Vec<_>>(),
-    )
-    .bind(ua.iter().map(|x| x.updated_at).collect::<Vec<_>>())
-    // new transfers
-    .bind(nt.iter().map(|x| x.id).collect::<Vec<_>>())
-    .bind(nt.iter().map(|x| x.from_account_id).collect::<Vec<_>>())
-    .bind(nt.iter().map(|x| x.to_account_id).collect::<Vec<_>>())
-    .bind(nt.iter().map(|x| x.amount).collect::<Vec<_>>())
-    .bind(nt.iter().map(|x| x.currency.as_str()).collect::<Vec<_>>())
-    .bind(nt.iter().map(|x| x.status.as_str()).collect::<Vec<_>>())
-    .bind(nt.iter().map(|x| x.debit_id).collect::<Vec<_>>())
-    .bind(nt.iter().map(|x| x.credit_id).collect::<Vec<_>>())
-    .bind(nt.iter().map(|x| x.reverses_id).collect::<Vec<_>>())
-    .bind(nt.iter().map(|x| x.reversed_by_id).collect::<Vec<_>>())
-    .bind(
-        nt.iter()
-            .map(|x| x.description.as_deref())
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        nt.iter()
-            .map(|x| x.reference.as_deref())
-            .collect::<Vec<_>>(),
-    )
-    .bind(nt.iter().map(|x| x.created_at).collect::<Vec<_>>())
-    .bind(nt.iter().map(|x| x.updated_at).collect::<Vec<_>>())
-    // changed transfers
-    .bind(ut.iter().map(|x| x.id).collect::<Vec<_>>())
-    .bind(ut.iter().map(|x| x.status.as_str()).collect::<Vec<_>>())
-    .bind(ut.iter().map(|x| x.reversed_by_id).collect::<Vec<_>>())
-    .bind(ut.iter().map(|x| x.updated_at).collect::<Vec<_>>())
-    // new transactions
-    .bind(nx.iter().map(|x| x.id).collect::<Vec<_>>())
-    .bind(nx.iter().map(|x| x.account_id).collect::<Vec<_>>())
-    .bind(nx.iter().map(|x| x.seq).collect::<Vec<_>>())
-    .bind(nx.iter().map(|x| x.posted_seq).collect::<Vec<_>>())
-    .bind(nx.iter().map(|x| x.kind.as_str()).collect::<Vec<_>>())
-    .bind(nx.iter().map(|x| x.amount).collect::<Vec<_>>())
-    .bind(nx.iter().map(|x| x.currency.as_str()).collect::<Vec<_>>())
-    .bind(nx.iter().map(|x| x.status.as_str()).collect::<Vec<_>>())
-    .bind(nx.iter().map(|x| x.balance_after).collect::<Vec<_>>())
-    .bind(nx.iter().map(|x| x.transfer_id).collect::<Vec<_>>())
-    .bind(nx.iter().map(|x| x.reverses_id).collect::<Vec<_>>())
-    .bind(nx.iter().map(|x| x.reversed_by_id).collect::<Vec<_>>())
-    .bind(
-        nx.iter()
-            .map(|x| x.failure_reason.map(|f| f.as_str()))
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        nx.iter()
-            .map(|x| x.description.as_deref())
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        nx.iter()
-            .map(|x| x.reference.as_deref())
-            .collect::<Vec<_>>(),
-    )
-    .bind(nx.iter().map(|x| x.created_at).collect::<Vec<_>>())
-    .bind(nx.iter().map(|x| x.posted_at).collect::<Vec<_>>())
-    .bind(nx.iter().map(|x| x.updated_at).collect::<Vec<_>>())
-    // changed transactions
-    .bind(ux.iter().map(|x| x.id).collect::<Vec<_>>())
-    .bind(ux.iter().map(|x| x.status.as_str()).collect::<Vec<_>>())
-    .bind(ux.iter().map(|x| x.posted_seq).collect::<Vec<_>>())
-    .bind(ux.iter().map(|x| x.balance_after).collect::<Vec<_>>())
-    .bind(ux.iter().map(|x| x.reversed_by_id).collect::<Vec<_>>())
-    .bind(
-        ux.iter()
-            .map(|x| x.failure_reason.map(|f| f.as_str()))
-            .collect::<Vec<_>>(),
-    )
-    .bind(ux.iter().map(|x| x.posted_at).collect::<Vec<_>>())
-    .bind(ux.iter().map(|x| x.updated_at).collect::<Vec<_>>())
-    // idempotency records
-    .bind(i.iter().map(|x| x.scope).collect::<Vec<_>>())
-    .bind(i.iter().map(|x| x.key.as_str()).collect::<Vec<_>>())
-    .bind(
-        i.iter()
-            .map(|x| x.request_hash.as_slice())
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        i.iter()
-            .map(|x| i16::try_from(x.status).unwrap_or(500))
-            .collect::<Vec<_>>(),
-    )
-    .bind(i.iter().map(|x| x.body.as_slice()).collect::<Vec<_>>())
-    .bind(i.iter().map(|x| x.created_at).collect::<Vec<_>>())
-    .bind(batch_id)
-    .execute(&mut **tx)
-    .await
-    .map_err(classify)?;
-    Ok(())
+    let mut w = Ctes::default();
+    if !na.is_empty() {
+        w.part("new_accounts", NEW_ACCOUNTS, |a| {
+            a.add(na.iter().map(|x| x.id).collect::<Vec<_>>())?;
+            a.add(
+                na.iter()
+                    .map(|x| x.account_number.as_str())
+                    .collect::<Vec<_>>(),
+            )?;
+            a.add(na.iter().map(|x| x.owner_name.as_str()).collect::<Vec<_>>())?;
+            a.add(na.iter().map(|x| x.currency.as_str()).collect::<Vec<_>>())?;
+            a.add(na.iter().map(|x| x.balance).collect::<Vec<_>>())?;
+            a.add(na.iter().map(|x| x.held).collect::<Vec<_>>())?;
+            a.add(na.iter().map(|x| x.status.as_str()).collect::<Vec<_>>())?;
+            a.add(na.iter().map(|x| x.version).collect::<Vec<_>>())?;
+            a.add(na.iter().map(|x| x.seq).collect::<Vec<_>>())?;
+            a.add(
+                na.iter()
+                    .map(|x| Value::Object(x.metadata.clone()))
+                    .collect::<Vec<_>>(),
+            )?;
+            a.add(na.iter().map(|x| x.created_at).collect::<Vec<_>>())?;
+            a.add(na.iter().map(|x| x.updated_at).collect::<Vec<_>>())
+        })?;
+    }
+    if !ua.is_empty() {
+        w.part("changed_accounts", CHANGED_ACCOUNTS, |a| {
+            a.add(ua.iter().map(|x| x.id).collect::<Vec<_>>())?;
+            a.add(ua.iter().map(|x| x.owner_name.as_str()).collect::<Vec<_>>())?;
+            a.add(ua.iter().map(|x| x.balance).collect::<Vec<_>>())?;
+            a.add(ua.iter().map(|x| x.held).collect::<Vec<_>>())?;
+            a.add(ua.iter().map(|x| x.status.as_str()).collect::<Vec<_>>())?;
+            a.add(ua.iter().map(|x| x.version).collect::<Vec<_>>())?;
+            a.add(ua.iter().map(|x| x.seq).collect::<Vec<_>>())?;
+            a.add(
+                ua.iter()
+                    .map(|x| Value::Object(x.metadata.clone()))
+                    .collect::<Vec<_>>(),
+            )?;
+            a.add(ua.iter().map(|x| x.updated_at).collect::<Vec<_>>())
+        })?;
+    }
+    if !nt.is_empty() {
+        w.part("new_transfers", NEW_TRANSFERS, |a| {
+            a.add(nt.iter().map(|x| x.id).collect::<Vec<_>>())?;
+            a.add(nt.iter().map(|x| x.from_account_id).collect::<Vec<_>>())?;
+            a.add(nt.iter().map(|x| x.to_account_id).collect::<Vec<_>>())?;
+            a.add(nt.iter().map(|x| x.amount).collect::<Vec<_>>())?;
+            a.add(nt.iter().map(|x| x.currency.as_str()).collect::<Vec<_>>())?;
+            a.add(nt.iter().map(|x| x.status.as_str()).collect::<Vec<_>>())?;
+            a.add(nt.iter().map(|x| x.debit_id).collect::<Vec<_>>())?;
+            a.add(nt.iter().map(|x| x.credit_id).collect::<Vec<_>>())?;
+            a.add(nt.iter().map(|x| x.reverses_id).collect::<Vec<_>>())?;
+            a.add(nt.iter().map(|x| x.reversed_by_id).collect::<Vec<_>>())?;
+            a.add(
+                nt.iter()
+                    .map(|x| x.description.as_deref())
+                    .collect::<Vec<_>>(),
+            )?;
+            a.add(
+                nt.iter()
+                    .map(|x| x.reference.as_deref())
+                    .collect::<Vec<_>>(),
+            )?;
+            a.add(nt.iter().map(|x| x.created_at).collect::<Vec<_>>())?;
+            a.add(nt.iter().map(|x| x.updated_at).collect::<Vec<_>>())
+        })?;
+    }
+    if !ut.is_empty() {
+        w.part("changed_transfers", CHANGED_TRANSFERS, |a| {
+            a.add(ut.iter().map(|x| x.id).collect::<Vec<_>>())?;
+            a.add(ut.iter().map(|x| x.status.as_str()).collect::<Vec<_>>())?;
+            a.add(ut.iter().map(|x| x.reversed_by_id).collect::<Vec<_>>())?;
+            a.add(ut.iter().map(|x| x.updated_at).collect::<Vec<_>>())
+        })?;
+    }
+    if !nx.is_empty() {
+        w.part("new_transactions", NEW_TRANSACTIONS, |a| {
+            a.add(nx.iter().map(|x| x.id).collect::<Vec<_>>())?;
+            a.add(nx.iter().map(|x| x.account_id).collect::<Vec<_>>())?;
+            a.add(nx.iter().map(|x| x.seq).collect::<Vec<_>>())?;
+            a.add(nx.iter().map(|x| x.posted_seq).collect::<Vec<_>>())?;
+            a.add(nx.iter().map(|x| x.kind.as_str()).collect::<Vec<_>>())?;
+            a.add(nx.iter().map(|x| x.amount).collect::<Vec<_>>())?;
+            a.add(nx.iter().map(|x| x.currency.as_str()).collect::<Vec<_>>())?;
+            a.add(nx.iter().map(|x| x.status.as_str()).collect::<Vec<_>>())?;
+            a.add(nx.iter().map(|x| x.balance_after).collect::<Vec<_>>())?;
+            a.add(nx.iter().map(|x| x.transfer_id).collect::<Vec<_>>())?;
+            a.add(nx.iter().map(|x| x.reverses_id).collect::<Vec<_>>())?;
+            a.add(nx.iter().map(|x| x.reversed_by_id).collect::<Vec<_>>())?;
+            a.add(
+                nx.iter()
+                    .map(|x| x.failure_reason.map(|f| f.as_str()))
+                    .collect::<Vec<_>>(),
+            )?;
+            a.add(
+                nx.iter()
+                    .map(|x| x.description.as_deref())
+                    .collect::<Vec<_>>(),
+            )?;
+            a.add(
+                nx.iter()
+                    .map(|x| x.reference.as_deref())
+                    .collect::<Vec<_>>(),
+            )?;
+            a.add(nx.iter().map(|x| x.created_at).collect::<Vec<_>>())?;
+            a.add(nx.iter().map(|x| x.posted_at).collect::<Vec<_>>())?;
+            a.add(nx.iter().map(|x| x.updated_at).collect::<Vec<_>>())
+        })?;
+    }
+    if !ux.is_empty() {
+        w.part("changed_transactions", CHANGED_TRANSACTIONS, |a| {
+            a.add(ux.iter().map(|x| x.id).collect::<Vec<_>>())?;
+            a.add(ux.iter().map(|x| x.status.as_str()).collect::<Vec<_>>())?;
+            a.add(ux.iter().map(|x| x.posted_seq).collect::<Vec<_>>())?;
+            a.add(ux.iter().map(|x| x.balance_after).collect::<Vec<_>>())?;
+            a.add(ux.iter().map(|x| x.reversed_by_id).collect::<Vec<_>>())?;
+            a.add(
+                ux.iter()
+                    .map(|x| x.failure_reason.map(|f| f.as_str()))
+                    .collect::<Vec<_>>(),
+            )?;
+            a.add(ux.iter().map(|x| x.posted_at).collect::<Vec<_>>())?;
+            a.add(ux.iter().map(|x| x.updated_at).collect::<Vec<_>>())
+        })?;
+    }
+    if !i.is_empty() {
+        w.part("new_keys", NEW_KEYS, |a| {
+            a.add(i.iter().map(|x| x.scope).collect::<Vec<_>>())?;
+            a.add(i.iter().map(|x| x.key.as_str()).collect::<Vec<_>>())?;
+            a.add(
+                i.iter()
+                    .map(|x| x.request_hash.as_slice())
+                    .collect::<Vec<_>>(),
+            )?;
+            a.add(
+                i.iter()
+                    .map(|x| i16::try_from(x.status).unwrap_or(500))
+                    .collect::<Vec<_>>(),
+            )?;
+            a.add(i.iter().map(|x| x.body.as_slice()).collect::<Vec<_>>())?;
+            a.add(i.iter().map(|x| x.created_at).collect::<Vec<_>>())
+        })?;
+    }
+    if let Some(id) = batch_id {
+        w.part("marker", MARKER, |a| a.add(id))?;
+    }
+    if !audit.is_empty() {
+        w.part("audit", AUDIT_EVENTS, |a| bind_audit(a, audit))?;
+    }
+    w.execute(tx, mode).await
 }
 
-/// Appends sealed audit events in one statement.
+fn bind_audit(a: &mut PgArguments, e: &[AuditEvent]) -> Bound {
+    a.add(e.iter().map(|x| x.seq).collect::<Vec<_>>())?;
+    a.add(e.iter().map(|x| x.at).collect::<Vec<_>>())?;
+    a.add(e.iter().map(|x| x.actor_key_id).collect::<Vec<_>>())?;
+    a.add(
+        e.iter()
+            .map(|x| x.request_id.as_deref())
+            .collect::<Vec<_>>(),
+    )?;
+    a.add(e.iter().map(|x| x.action.as_str()).collect::<Vec<_>>())?;
+    a.add(
+        e.iter()
+            .map(|x| x.resource_type.as_str())
+            .collect::<Vec<_>>(),
+    )?;
+    a.add(e.iter().map(|x| x.resource_id).collect::<Vec<_>>())?;
+    a.add(e.iter().map(|x| x.details.as_str()).collect::<Vec<_>>())?;
+    a.add(e.iter().map(|x| x.prev_hash.as_str()).collect::<Vec<_>>())?;
+    a.add(e.iter().map(|x| x.hash.as_str()).collect::<Vec<_>>())
+}
+
+/// Appends sealed audit events in one statement (when they could not go with the batch's rows).
 pub(crate) async fn append_audit(
     tx: &mut sqlx::Transaction<'static, Postgres>,
     e: &[AuditEvent],
     mode: PoolMode,
 ) -> StoreResult<()> {
-    query(
-        "INSERT INTO audit_events (seq, at, actor_key_id, request_id, action, resource_type,
-                                   resource_id, details, prev_hash, hash)
-         SELECT * FROM unnest($1::int8[], $2::timestamptz[], $3::uuid[], $4::text[], $5::text[],
-                              $6::text[], $7::uuid[], $8::text[], $9::text[], $10::text[])",
-        mode,
-    )
-    .bind(e.iter().map(|x| x.seq).collect::<Vec<_>>())
-    .bind(e.iter().map(|x| x.at).collect::<Vec<_>>())
-    .bind(e.iter().map(|x| x.actor_key_id).collect::<Vec<_>>())
-    .bind(
-        e.iter()
-            .map(|x| x.request_id.as_deref())
-            .collect::<Vec<_>>(),
-    )
-    .bind(e.iter().map(|x| x.action.as_str()).collect::<Vec<_>>())
-    .bind(
-        e.iter()
-            .map(|x| x.resource_type.as_str())
-            .collect::<Vec<_>>(),
-    )
-    .bind(e.iter().map(|x| x.resource_id).collect::<Vec<_>>())
-    .bind(e.iter().map(|x| x.details.as_str()).collect::<Vec<_>>())
-    .bind(e.iter().map(|x| x.prev_hash.as_str()).collect::<Vec<_>>())
-    .bind(e.iter().map(|x| x.hash.as_str()).collect::<Vec<_>>())
-    .execute(&mut **tx)
-    .await
-    .map_err(classify)?;
+    let mut args = PgArguments::default();
+    bind_audit(&mut args, e).map_err(|e| StoreError::Other(format!("cannot bind audit: {e}")))?;
+    sqlx::query_with(AUDIT_EVENTS, args)
+        .persistent(mode == PoolMode::Session)
+        .execute(&mut **tx)
+        .await
+        .map_err(classify)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::renumber;
+
+    #[test]
+    fn placeholders_are_renumbered_after_the_earlier_parts() {
+        let mut out = String::new();
+        renumber("unnest($1::uuid[], $2::text[]) WHERE x = $10", 12, &mut out);
+        assert_eq!(out, "unnest($13::uuid[], $14::text[]) WHERE x = $22");
+        let mut same = String::new();
+        renumber("VALUES ($1::uuid)", 0, &mut same);
+        assert_eq!(same, "VALUES ($1::uuid)");
+    }
 }

@@ -615,8 +615,13 @@ impl LedgerTx for SqliteLedgerTx {
         &mut self,
         changes: &Changes,
         idempotency: &[IdempotencyRecord],
+        audit: &[AuditEvent],
     ) -> StoreResult<()> {
-        rows::write_changes(&mut self.tx, changes, idempotency).await
+        rows::write_changes(&mut self.tx, changes, idempotency).await?;
+        if !audit.is_empty() {
+            rows::append_audit(&mut self.tx, audit).await?;
+        }
+        Ok(())
     }
 
     async fn append_audit(&mut self, events: &[AuditEvent]) -> StoreResult<()> {

@@ -148,7 +148,7 @@ async fn run_batch(
     let mut working = Working::new(now_micros(), accounts, transactions, transfers, taken);
     let outcomes: Vec<Outcome> = envelopes.iter().map(|e| working.apply(e)).collect();
     let changes = working.into_changes();
-    tx.write(&changes, idempotency).await.expect("write");
+    tx.write(&changes, idempotency, &[]).await.expect("write");
     tx.commit().await.expect("commit");
     written.absorb(&changes);
     outcomes
@@ -716,7 +716,7 @@ async fn idempotency_records_round_trip_and_conflict() {
     assert_eq!(found, expected);
     // The same key again: a concurrent writer took it; the retry will see it.
     let err = tx
-        .write(&Changes::default(), std::slice::from_ref(&a))
+        .write(&Changes::default(), std::slice::from_ref(&a), &[])
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
@@ -755,7 +755,7 @@ async fn taken_account_number_is_a_conflict() {
         new_accounts: vec![clash],
         ..Changes::default()
     };
-    let err = tx.write(&changes, &[]).await.unwrap_err();
+    let err = tx.write(&changes, &[], &[]).await.unwrap_err();
     assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
     assert!(err.is_retryable());
     drop(tx);
@@ -780,6 +780,7 @@ async fn taken_account_number_is_a_conflict() {
                 new_accounts: vec![bad],
                 ..Changes::default()
             },
+            &[],
             &[],
         )
         .await

@@ -186,14 +186,17 @@ pub trait LedgerTx: Send {
     async fn audit_head(&mut self) -> StoreResult<Option<ChainHead>>;
     /// Those of `numbers` that some account already has.
     async fn taken_account_numbers(&mut self, numbers: &[String]) -> StoreResult<Vec<String>>;
+    /// Writes the batch's rows, and `audit` (sealed events; empty when the engine did not hold
+    /// the chain head yet) with them.
     async fn write(
         &mut self,
         changes: &Changes,
         idempotency: &[IdempotencyRecord],
+        audit: &[AuditEvent],
     ) -> StoreResult<()>;
-    /// Appends sealed audit events. The engine calls it after `write`, holding the chain head
-    /// until the COMMIT is answered, so the serial part of concurrent batches is only this
-    /// insert and the COMMIT.
+    /// Appends sealed audit events. The engine calls it after a `write` without them when
+    /// another batch held the chain head, holding it from here until the COMMIT is answered,
+    /// so the serial part of concurrent batches is only this insert and the COMMIT.
     async fn append_audit(&mut self, events: &[AuditEvent]) -> StoreResult<()>;
     /// Records that this transaction is batch `batch_id` (see [`Store::resolve_batch`]); called
     /// before `write`, whose statements may carry the marker.

@@ -1,8 +1,10 @@
 //! Faults between the engine and the database: a COMMIT whose answer is lost, whether or not
 //! the commit happened, is resolved exactly once; a lost connection is retried, never a 500.
+//! A COMMIT held back also shows how overlapping batches share the audit chain.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use serde_json::json;
@@ -24,6 +26,22 @@ enum Fault {
     LostAfterCommit,
     /// The connection is lost before COMMIT: nothing is committed.
     LostBeforeCommit,
+    /// COMMIT waits until the test releases it.
+    Held,
+}
+
+/// What the test sees of the wrapped transactions, and the gate of held COMMITs.
+#[derive(Default)]
+struct Probe {
+    /// Signalled when a held COMMIT is reached.
+    held: tokio::sync::Notify,
+    /// Lets a held COMMIT go on.
+    release: tokio::sync::Notify,
+    /// Signalled after each `write` without audit events.
+    written_without_audit: tokio::sync::Notify,
+    /// `write` calls with audit events, and `append_audit` calls.
+    writes_with_audit: AtomicU32,
+    appends: AtomicU32,
 }
 
 /// Wraps a store and injects `fault` into the next `remaining` commits.
@@ -31,11 +49,13 @@ struct Faulty {
     inner: Arc<dyn Store>,
     fault: Fault,
     remaining: Arc<AtomicU32>,
+    probe: Arc<Probe>,
 }
 
 struct FaultyTx {
     inner: Box<dyn LedgerTx>,
     fault: Option<Fault>,
+    probe: Arc<Probe>,
 }
 
 #[async_trait]
@@ -65,10 +85,22 @@ impl LedgerTx for FaultyTx {
     async fn audit_head(&mut self) -> StoreResult<Option<ChainHead>> {
         self.inner.audit_head().await
     }
-    async fn write(&mut self, c: &Changes, i: &[IdempotencyRecord]) -> StoreResult<()> {
-        self.inner.write(c, i).await
+    async fn write(
+        &mut self,
+        c: &Changes,
+        i: &[IdempotencyRecord],
+        a: &[AuditEvent],
+    ) -> StoreResult<()> {
+        self.inner.write(c, i, a).await?;
+        if a.is_empty() {
+            self.probe.written_without_audit.notify_one();
+        } else {
+            self.probe.writes_with_audit.fetch_add(1, Ordering::SeqCst);
+        }
+        Ok(())
     }
     async fn append_audit(&mut self, events: &[AuditEvent]) -> StoreResult<()> {
+        self.probe.appends.fetch_add(1, Ordering::SeqCst);
         self.inner.append_audit(events).await
     }
     async fn mark_batch(&mut self, id: Uuid) -> StoreResult<()> {
@@ -88,6 +120,11 @@ impl LedgerTx for FaultyTx {
                 Err(StoreError::Unavailable(
                     "connection reset (injected)".into(),
                 ))
+            }
+            Some(Fault::Held) => {
+                self.probe.held.notify_one();
+                self.probe.release.notified().await;
+                self.inner.commit().await
             }
         }
     }
@@ -110,6 +147,7 @@ impl Store for Faulty {
         Ok(Box::new(FaultyTx {
             inner: self.inner.begin().await?,
             fault,
+            probe: self.probe.clone(),
         }))
     }
     async fn get_account(&self, id: Uuid) -> StoreResult<Option<Account>> {
@@ -150,16 +188,24 @@ impl Store for Faulty {
     }
 }
 
-async fn faulty_app(app: &TestApp, fault: Fault, count: u32) -> (axum::Router, Arc<Engine>) {
+async fn faulty_app(
+    app: &TestApp,
+    fault: Fault,
+    count: u32,
+    settings: EngineSettings,
+) -> (axum::Router, Arc<Engine>, Arc<Probe>) {
+    let probe = Arc::new(Probe::default());
     let store: Arc<dyn Store> = Arc::new(Faulty {
         inner: app.store.clone(),
         fault,
         remaining: Arc::new(AtomicU32::new(count)),
+        probe: probe.clone(),
     });
-    let engine = Arc::new(Engine::start(store.clone(), EngineSettings::default()));
+    let engine = Arc::new(Engine::start(store.clone(), settings));
     (
         zeta_api::router(AppState::new(store, engine.clone())),
         engine,
+        probe,
     )
 }
 
@@ -167,7 +213,8 @@ async fn faulty_app(app: &TestApp, fault: Fault, count: u32) -> (axum::Router, A
 async fn lost_answer_after_commit_is_applied_exactly_once() {
     let app = TestApp::spawn().await;
     let id = app.funded("USD", 0).await;
-    let (router, _engine) = faulty_app(&app, Fault::LostAfterCommit, 1).await;
+    let (router, _engine, _) =
+        faulty_app(&app, Fault::LostAfterCommit, 1, EngineSettings::default()).await;
     let r = app
         .post(
             &format!("/v1/accounts/{id}/credits"),
@@ -189,7 +236,8 @@ async fn lost_answer_after_commit_is_applied_exactly_once() {
 async fn lost_connection_before_commit_is_retried_once() {
     let app = TestApp::spawn().await;
     let id = app.funded("USD", 0).await;
-    let (router, _engine) = faulty_app(&app, Fault::LostBeforeCommit, 2).await;
+    let (router, _engine, _) =
+        faulty_app(&app, Fault::LostBeforeCommit, 2, EngineSettings::default()).await;
     let r = app
         .post(&format!("/v1/accounts/{id}/credits"), json!({"amount": 90}))
         .send_to(&router)
@@ -203,7 +251,13 @@ async fn lost_connection_before_commit_is_retried_once() {
 async fn a_database_that_stays_unreachable_gives_503_with_retry_after() {
     let app = TestApp::spawn().await;
     let id = app.funded("USD", 0).await;
-    let (router, _engine) = faulty_app(&app, Fault::LostBeforeCommit, u32::MAX).await;
+    let (router, _engine, _) = faulty_app(
+        &app,
+        Fault::LostBeforeCommit,
+        u32::MAX,
+        EngineSettings::default(),
+    )
+    .await;
     let r = app
         .post(&format!("/v1/accounts/{id}/credits"), json!({"amount": 90}))
         .send_to(&router)
@@ -216,4 +270,81 @@ async fn a_database_that_stays_unreachable_gives_503_with_retry_after() {
         "no internal detail"
     );
     assert_eq!(app.balance(&id).await, (0, 0), "nothing happened");
+}
+
+/// A batch whose COMMIT is pending holds the audit chain, so its events went with its rows;
+/// a batch on other accounts meanwhile writes its rows, waits for the chain, then appends its
+/// events after the first batch's: one unbroken chain in commit order.
+#[tokio::test]
+async fn overlapping_batches_append_to_the_chain_in_commit_order() {
+    let app = TestApp::spawn().await;
+    let (a, b) = (app.funded("USD", 0).await, app.funded("USD", 0).await);
+    let before = app.get("/v1/audit-events?limit=200").send().await;
+    let start = before.json["data"].as_array().expect("data").len();
+    let settings = EngineSettings {
+        pipeline: 2,
+        ..EngineSettings::default()
+    };
+    let (router, _engine, probe) = faulty_app(&app, Fault::Held, 1, settings).await;
+    let wait = |n| tokio::time::timeout(Duration::from_secs(10), n);
+
+    let first = app
+        .post(&format!("/v1/accounts/{a}/credits"), json!({"amount": 70}))
+        .send_to(&router);
+    let then_second = async {
+        wait(probe.held.notified())
+            .await
+            .expect("the first COMMIT is held");
+        assert_eq!(
+            probe.writes_with_audit.load(Ordering::SeqCst),
+            1,
+            "its events went with its rows"
+        );
+        let second = app
+            .post(&format!("/v1/accounts/{b}/credits"), json!({"amount": 30}))
+            .send_to(&router);
+        let release = async {
+            wait(probe.written_without_audit.notified())
+                .await
+                .expect("the second batch wrote its rows while the first held the chain");
+            assert_eq!(
+                probe.appends.load(Ordering::SeqCst),
+                0,
+                "it waits for the chain"
+            );
+            probe.release.notify_one();
+        };
+        tokio::join!(second, release).0
+    };
+    let (first, second) = tokio::join!(first, then_second);
+    assert_eq!(first.status, 201, "{}", first.json);
+    assert_eq!(second.status, 201, "{}", second.json);
+    assert_eq!(
+        probe.appends.load(Ordering::SeqCst),
+        1,
+        "appended after the first"
+    );
+    assert_eq!(probe.writes_with_audit.load(Ordering::SeqCst), 1);
+    assert_eq!(app.balance(&a).await, (70, 70));
+    assert_eq!(app.balance(&b).await, (30, 30));
+
+    let after = app.get("/v1/audit-events?limit=200").send().await;
+    let events = after.json["data"].as_array().expect("data");
+    let ours: Vec<(&str, &str)> = events[start..]
+        .iter()
+        .map(|e| {
+            (
+                e["action"].as_str().unwrap_or(""),
+                e["details"]["account_id"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(
+        ours,
+        [
+            ("transaction.credit", a.as_str()),
+            ("transaction.credit", b.as_str())
+        ]
+    );
+    app.assert_verified().await;
 }
