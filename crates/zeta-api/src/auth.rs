@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use rand::RngCore;
 use sha2::{Digest, Sha256};
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 use zeta_engine::{Engine, EngineError, Reply};
 use zeta_ledger::{ApiKey, Command, Effect, Envelope, LedgerError, NewApiKey, Scope};
@@ -164,11 +164,14 @@ pub async fn create_key(
 
 type KeyAnswer = oneshot::Sender<StoreResult<Option<ApiKeyRecord>>>;
 
-/// Looks the keys of concurrent requests up together: the requests that arrive while lookups
-/// are running share the next query (`secret_hash = ANY(…)`), so a busy server sends one key
-/// query per database round trip instead of one per request. Nothing is cached: every
-/// request's lookup is a query that starts after the request arrived, so a key revoked before
-/// a request arrives is refused on every instance.
+/// Looks the keys of concurrent requests up together: one key query runs at a time, and the
+/// requests that arrive while it runs share the next one (`secret_hash = ANY(…)`), so a busy
+/// server sends one key query per database round trip instead of one per request. Nothing is
+/// cached: every request's lookup is a query that starts after the request arrived, so a key
+/// revoked before a request arrives is refused on every instance.
+///
+/// One query at a time coalesces the most: with four at once each query carried about three
+/// requests and the server did 8–12 % fewer transfers per second (README "Performance").
 pub struct KeyLookups {
     queue: mpsc::UnboundedSender<(Vec<u8>, KeyAnswer)>,
 }
@@ -176,19 +179,13 @@ pub struct KeyLookups {
 impl KeyLookups {
     /// Most secret hashes in one query.
     const MAX_BATCH: usize = 256;
-    /// Queries running at once (each holds a pool connection while it runs).
-    const IN_FLIGHT: usize = 4;
 
     /// Starts the lookup task (it ends when the `KeyLookups` is dropped).
     pub fn start(store: Arc<dyn Store>) -> Self {
         let (queue, mut rx) = mpsc::unbounded_channel::<(Vec<u8>, KeyAnswer)>();
         tokio::spawn(async move {
-            let permits = Arc::new(Semaphore::new(Self::IN_FLIGHT));
             while let Some(first) = rx.recv().await {
-                // While every query slot is busy, more requests queue and join this batch.
-                let Ok(permit) = permits.clone().acquire_owned().await else {
-                    break;
-                };
+                // Everything that queued while the previous query ran joins this one.
                 let mut batch = vec![first];
                 while batch.len() < Self::MAX_BATCH {
                     match rx.try_recv() {
@@ -196,22 +193,18 @@ impl KeyLookups {
                         Err(_) => break,
                     }
                 }
-                let store = store.clone();
-                tokio::spawn(async move {
-                    let mut hashes: Vec<Vec<u8>> = batch.iter().map(|(h, _)| h.clone()).collect();
-                    hashes.sort_unstable();
-                    hashes.dedup();
-                    let found = store.find_api_keys(&hashes).await;
-                    drop(permit);
-                    for (hash, answer) in batch {
-                        let key = found.as_ref().map_err(Clone::clone).map(|keys| {
-                            keys.iter()
-                                .find(|(h, _)| *h == hash)
-                                .map(|(_, key)| key.clone())
-                        });
-                        let _ = answer.send(key);
-                    }
-                });
+                let mut hashes: Vec<Vec<u8>> = batch.iter().map(|(h, _)| h.clone()).collect();
+                hashes.sort_unstable();
+                hashes.dedup();
+                let found = store.find_api_keys(&hashes).await;
+                for (hash, answer) in batch {
+                    let key = found.as_ref().map_err(Clone::clone).map(|keys| {
+                        keys.iter()
+                            .find(|(h, _)| *h == hash)
+                            .map(|(_, key)| key.clone())
+                    });
+                    let _ = answer.send(key);
+                }
             }
         });
         Self { queue }
