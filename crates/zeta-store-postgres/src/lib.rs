@@ -240,7 +240,10 @@ impl PgStore {
                 ),
             ),
         };
-        let pool = pool_options(settings).connect_lazy_with(options.clone());
+        let pool = PgPoolOptions::new()
+            .max_connections(settings.max_connections)
+            .acquire_timeout(settings.acquire_timeout)
+            .connect_lazy_with(options.clone());
         Ok(Self {
             pool,
             replica: None,
@@ -275,7 +278,12 @@ impl PgStore {
             ]),
             PoolMode::Transaction => options.extra_float_digits(None),
         };
-        self.replica = Some(pool_options(settings).connect_lazy_with(options));
+        self.replica = Some(
+            PgPoolOptions::new()
+                .max_connections(settings.max_connections)
+                .acquire_timeout(settings.acquire_timeout)
+                .connect_lazy_with(options),
+        );
         Ok(self)
     }
 
@@ -404,28 +412,6 @@ impl PgStore {
 }
 
 use sqlx::SqlSafeStr as _;
-
-/// Connections idle longer than this are pinged before use.
-const PING_AFTER_IDLE: Duration = Duration::from_secs(1);
-
-/// The pool settings of both pools. sqlx pings every connection it hands out by default, a
-/// round trip before each transaction; a connection used within the last second is handed out
-/// as is. A connection that died meanwhile fails its first statement as unavailable, which the
-/// engine retries and a read answers with 503, and the pool drops it.
-fn pool_options(settings: &PgSettings) -> PgPoolOptions {
-    PgPoolOptions::new()
-        .max_connections(settings.max_connections)
-        .acquire_timeout(settings.acquire_timeout)
-        .test_before_acquire(false)
-        .before_acquire(|conn, meta| {
-            Box::pin(async move {
-                if meta.idle_for >= PING_AFTER_IDLE {
-                    conn.ping().await?;
-                }
-                Ok(true)
-            })
-        })
-}
 
 pub(crate) fn query(sql: &'static str, mode: PoolMode) -> Query<'static, Postgres, PgArguments> {
     sqlx::query(sql).persistent(mode == PoolMode::Session)
