@@ -33,6 +33,9 @@ pub use routes::{V1_ROUTES, V1Route};
 /// `ZETA_REQUEST_TIMEOUT_SECS`'s default.
 pub const DEFAULT_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// `ZETA_BATCH_CONCURRENCY`'s default: batch requests handled at once.
+pub const DEFAULT_BATCH_CONCURRENCY: usize = 2;
+
 /// Everything a handler needs, assembled once at start.
 #[derive(Clone)]
 pub struct AppState {
@@ -46,6 +49,8 @@ pub struct AppState {
     shutting_down: Arc<AtomicBool>,
     /// Longest time one request may take before it is answered 503.
     pub request_timeout: std::time::Duration,
+    /// Places for batch requests being handled (`request::BatchSlot`).
+    batch_slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {
@@ -68,7 +73,15 @@ impl AppState {
             in_flight: Arc::default(),
             shutting_down: Arc::default(),
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            batch_slots: Arc::new(tokio::sync::Semaphore::new(DEFAULT_BATCH_CONCURRENCY)),
         }
+    }
+
+    /// Replaces how many batch requests are handled at once ([`DEFAULT_BATCH_CONCURRENCY`]
+    /// otherwise; at least 1).
+    pub fn with_batch_concurrency(mut self, slots: usize) -> Self {
+        self.batch_slots = Arc::new(tokio::sync::Semaphore::new(slots.max(1)));
+        self
     }
 
     /// Replaces the request timeout ([`DEFAULT_REQUEST_TIMEOUT`] otherwise).

@@ -273,6 +273,32 @@ impl FromRequestParts<AppState> for Authed {
     }
 }
 
+/// A place among the batch requests handled at once (`AppState::with_batch_concurrency`),
+/// taken before the body is read and held until the answer is built: at most that many
+/// 1000-transfer bodies are parsed, applied and answered in memory at a time; the others wait
+/// here, unread, within the request timeout. Batches of random accounts share accounts, so they
+/// commit one after another anyway: more at once adds memory, not throughput.
+pub struct BatchSlot {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl FromRequestParts<AppState> for BatchSlot {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(_parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        // The semaphore is never closed, so acquiring fails only in theory.
+        let permit = state
+            .batch_slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| ApiError::Unavailable {
+                retry_after_secs: crate::RETRY_AFTER_SECS,
+            })?;
+        Ok(BatchSlot { _permit: permit })
+    }
+}
+
 /// The `{id}` of a path, never refused here: an id that does not decode is simply not found,
 /// which the handler says after authentication and validation.
 pub struct PathId(pub String);

@@ -22,7 +22,9 @@ use crate::auth::Role;
 use crate::command::{ItemErrors, account_headers, execute, execute_revealing, raw_response};
 use crate::error::{ApiError, FieldError};
 use crate::json::{Fields, Query};
-use crate::request::{Authed, BATCH_BODY_LIMIT, BODY_LIMIT, Ctx, JsonRequest, PathId, if_match};
+use crate::request::{
+    Authed, BATCH_BODY_LIMIT, BODY_LIMIT, BatchSlot, Ctx, JsonRequest, PathId, if_match,
+};
 use crate::{AppState, openapi, store_error, views};
 
 type Body = JsonRequest<BODY_LIMIT, false>;
@@ -872,6 +874,7 @@ async fn create_transfer(State(state): State<AppState>, req: Body) -> Result<Res
 )]
 async fn create_transfer_batch(
     State(state): State<AppState>,
+    _slot: BatchSlot,
     req: BatchBody,
 ) -> Result<Response, ApiError> {
     let mut f = Fields::body(req.body)?;

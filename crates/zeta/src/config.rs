@@ -204,6 +204,12 @@ pub struct ServeSettings {
           value_parser = clap::value_parser!(u64).range(1..))]
     pub request_timeout_secs: u64,
 
+    /// Batch requests (`POST /v1/transfers/batch`) handled at once; the others wait, body
+    /// unread, within the request timeout. Bounds the memory 1000-transfer requests take.
+    #[arg(long, env = "ZETA_BATCH_CONCURRENCY", default_value_t = zeta_api::DEFAULT_BATCH_CONCURRENCY,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub batch_concurrency: usize,
+
     /// Longest wait for in-flight requests and queued commands at shutdown, in seconds.
     #[arg(long, env = "ZETA_SHUTDOWN_TIMEOUT_SECS", default_value_t = 30)]
     pub shutdown_timeout_secs: u64,
@@ -292,6 +298,25 @@ mod tests {
             one.sqlite().max_connections,
             2,
             "the writer and one reader at least"
+        );
+    }
+
+    #[derive(Parser)]
+    struct ServeCli {
+        #[command(flatten)]
+        serve: ServeSettings,
+    }
+
+    #[test]
+    fn batch_concurrency_defaults_to_two_and_refuses_zero() {
+        let defaults = ServeCli::try_parse_from(["zeta"]).expect("flags parse");
+        assert_eq!(defaults.serve.batch_concurrency, 2);
+        let set = ServeCli::try_parse_from(["zeta", "--batch-concurrency", "5"]).expect("parse");
+        assert_eq!(set.serve.batch_concurrency, 5);
+        let zero = ServeCli::try_parse_from(["zeta", "--batch-concurrency", "0"]);
+        assert_eq!(
+            zero.err().map(|e| e.kind()),
+            Some(clap::error::ErrorKind::ValueValidation)
         );
     }
 

@@ -121,7 +121,8 @@ async fn serve(settings: Settings, serve: ServeSettings) -> Result<(), String> {
     ));
     let state = AppState::with_breaker(store, engine, serve.breaker())
         .with_rate_limit(serve.rate_limit())
-        .with_request_timeout(Duration::from_secs(serve.request_timeout_secs));
+        .with_request_timeout(Duration::from_secs(serve.request_timeout_secs))
+        .with_batch_concurrency(serve.batch_concurrency);
     let listener = TcpListener::bind(serve.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", serve.listen))?;

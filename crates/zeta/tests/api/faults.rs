@@ -1,6 +1,7 @@
 //! Faults between the engine and the database: a COMMIT whose answer is lost, whether or not
 //! the commit happened, is resolved exactly once; a lost connection is retried, never a 500.
-//! A COMMIT held back also shows how overlapping batches share the audit chain.
+//! A COMMIT held back also shows how overlapping batches share the audit chain, and that batch
+//! requests beyond `ZETA_BATCH_CONCURRENCY` wait their turn.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -194,6 +195,17 @@ async fn faulty_app(
     count: u32,
     settings: EngineSettings,
 ) -> (axum::Router, Arc<Engine>, Arc<Probe>) {
+    faulty_app_with(app, fault, count, settings, |state| state).await
+}
+
+/// [`faulty_app`] with `configure` applied to the application state.
+async fn faulty_app_with(
+    app: &TestApp,
+    fault: Fault,
+    count: u32,
+    settings: EngineSettings,
+    configure: impl FnOnce(AppState) -> AppState,
+) -> (axum::Router, Arc<Engine>, Arc<Probe>) {
     let probe = Arc::new(Probe::default());
     let store: Arc<dyn Store> = Arc::new(Faulty {
         inner: app.store.clone(),
@@ -203,7 +215,7 @@ async fn faulty_app(
     });
     let engine = Arc::new(Engine::start(store.clone(), settings));
     (
-        zeta_api::router(AppState::new(store, engine.clone())),
+        zeta_api::router(configure(AppState::new(store, engine.clone()))),
         engine,
         probe,
     )
@@ -347,4 +359,53 @@ async fn overlapping_batches_append_to_the_chain_in_commit_order() {
         ]
     );
     app.assert_verified().await;
+}
+
+/// With one place for batch requests, a second batch request waits, body unread, while the
+/// first is committing (even one that is refused at once when read), and is answered when the
+/// first is done; other requests do not wait.
+#[tokio::test]
+async fn batch_requests_beyond_the_concurrency_limit_wait_their_turn() {
+    let app = TestApp::spawn().await;
+    let (a, b) = (app.funded("USD", 100).await, app.funded("USD", 0).await);
+    let (router, _engine, probe) =
+        faulty_app_with(&app, Fault::Held, 1, EngineSettings::default(), |state| {
+            state.with_batch_concurrency(1)
+        })
+        .await;
+    let wait = |n| tokio::time::timeout(Duration::from_secs(10), n);
+    let path = "/v1/transfers/batch";
+    let item = json!({"from_account_id": a, "to_account_id": b, "amount": 10});
+
+    let first = app
+        .post(path, json!({ "transfers": [item] }))
+        .send_to(&router);
+    let then_second = async {
+        wait(probe.held.notified())
+            .await
+            .expect("the first batch's COMMIT is held");
+        let read = app.get(&format!("/v1/accounts/{a}")).send_to(&router).await;
+        assert_eq!(
+            read.status, 200,
+            "other requests do not wait: {}",
+            read.json
+        );
+        let second = app.post(path, json!({ "transfers": [] })).send_to(&router);
+        tokio::pin!(second);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), &mut second)
+                .await
+                .is_err(),
+            "the second batch request waits for the first"
+        );
+        probe.release.notify_one();
+        second.await
+    };
+    let (first, second) = tokio::join!(first, then_second);
+    assert_eq!(first.status, 200, "{}", first.json);
+    assert_eq!(first.json["results"][0]["status"], json!(201));
+    assert_eq!(second.status, 422, "{}", second.json);
+    assert_eq!(second.json["code"], json!("validation_error"));
+    assert_eq!(app.balance(&a).await, (90, 90));
+    assert_eq!(app.balance(&b).await, (10, 10));
 }
