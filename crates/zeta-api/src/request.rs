@@ -286,6 +286,7 @@ impl FromRequestParts<AppState> for BatchSlot {
     type Rejection = ApiError;
 
     async fn from_request_parts(_parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let waiting = crate::telemetry::BatchWait::start();
         // The semaphore is never closed, so acquiring fails only in theory.
         let permit = state
             .batch_slots
@@ -295,6 +296,7 @@ impl FromRequestParts<AppState> for BatchSlot {
             .map_err(|_| ApiError::Unavailable {
                 retry_after_secs: crate::RETRY_AFTER_SECS,
             })?;
+        drop(waiting);
         Ok(BatchSlot { _permit: permit })
     }
 }

@@ -42,6 +42,7 @@ pub fn handle() -> PrometheusHandle {
             counter!("db_retries_total").absolute(0);
             counter!("rate_limited_total").absolute(0);
             gauge!("circuit_breaker_state").set(0.0);
+            gauge!("batch_requests_waiting").set(0.0);
             let _ = histogram!("ledger_batch_size");
             handle
         })
@@ -86,6 +87,23 @@ pub fn set_pool(open: u32, idle: u32) {
 
 pub fn set_breaker(state: u8) {
     gauge!("circuit_breaker_state").set(f64::from(state));
+}
+
+/// A batch request waiting for its place (`request::BatchSlot`), counted in
+/// `batch_requests_waiting` from creation until dropped.
+pub struct BatchWait(());
+
+impl BatchWait {
+    pub fn start() -> Self {
+        gauge!("batch_requests_waiting").increment(1.0);
+        BatchWait(())
+    }
+}
+
+impl Drop for BatchWait {
+    fn drop(&mut self) {
+        gauge!("batch_requests_waiting").decrement(1.0);
+    }
 }
 
 pub fn rate_limited() {

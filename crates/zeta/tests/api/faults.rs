@@ -398,6 +398,7 @@ async fn batch_requests_beyond_the_concurrency_limit_wait_their_turn() {
                 .is_err(),
             "the second batch request waits for the first"
         );
+        assert_eq!(waiting(&app, &router).await, 1.0, "and is counted");
         probe.release.notify_one();
         second.await
     };
@@ -406,6 +407,21 @@ async fn batch_requests_beyond_the_concurrency_limit_wait_their_turn() {
     assert_eq!(first.json["results"][0]["status"], json!(201));
     assert_eq!(second.status, 422, "{}", second.json);
     assert_eq!(second.json["code"], json!("validation_error"));
+    assert_eq!(waiting(&app, &router).await, 0.0);
     assert_eq!(app.balance(&a).await, (90, 90));
     assert_eq!(app.balance(&b).await, (10, 10));
+}
+
+/// The `batch_requests_waiting` gauge of `/metrics`.
+async fn waiting(app: &TestApp, router: &axum::Router) -> f64 {
+    let m = app
+        .req(axum::http::Method::GET, "/metrics")
+        .no_auth()
+        .send_to(router)
+        .await;
+    let text = String::from_utf8(m.body).expect("utf8");
+    text.lines()
+        .find_map(|l| l.strip_prefix("batch_requests_waiting "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("batch_requests_waiting missing from:\n{text}"))
 }

@@ -50,6 +50,7 @@ async fn metrics_carry_the_named_series_by_route_template() {
         "ledger_batch_size_bucket",
         "circuit_breaker_state",
         "rate_limited_total",
+        "batch_requests_waiting 0",
     ] {
         assert!(text.contains(name), "{name} missing from:\n{text}");
     }
