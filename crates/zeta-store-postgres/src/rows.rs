@@ -348,145 +348,101 @@ pub(crate) async fn write_changes(
     let mut w = Ctes::default();
     if !na.is_empty() {
         w.part("new_accounts", NEW_ACCOUNTS, |a| {
-            a.add(na.iter().map(|x| x.id).collect::<Vec<_>>())?;
-            a.add(
-                na.iter()
-                    .map(|x| x.account_number.as_str())
-                    .collect::<Vec<_>>(),
-            )?;
-            a.add(na.iter().map(|x| x.owner_name.as_str()).collect::<Vec<_>>())?;
-            a.add(na.iter().map(|x| x.currency.as_str()).collect::<Vec<_>>())?;
-            a.add(na.iter().map(|x| x.balance).collect::<Vec<_>>())?;
-            a.add(na.iter().map(|x| x.held).collect::<Vec<_>>())?;
-            a.add(na.iter().map(|x| x.status.as_str()).collect::<Vec<_>>())?;
-            a.add(na.iter().map(|x| x.version).collect::<Vec<_>>())?;
-            a.add(na.iter().map(|x| x.seq).collect::<Vec<_>>())?;
-            a.add(
-                na.iter()
-                    .map(|x| Value::Object(x.metadata.clone()))
-                    .collect::<Vec<_>>(),
-            )?;
-            a.add(na.iter().map(|x| x.created_at).collect::<Vec<_>>())?;
-            a.add(na.iter().map(|x| x.updated_at).collect::<Vec<_>>())
+            col(a, na, |x| x.id)?;
+            col(a, na, |x| x.account_number.as_str())?;
+            col(a, na, |x| x.owner_name.as_str())?;
+            col(a, na, |x| x.currency.as_str())?;
+            col(a, na, |x| x.balance)?;
+            col(a, na, |x| x.held)?;
+            col(a, na, |x| x.status.as_str())?;
+            col(a, na, |x| x.version)?;
+            col(a, na, |x| x.seq)?;
+            col(a, na, |x| Value::Object(x.metadata.clone()))?;
+            col(a, na, |x| x.created_at)?;
+            col(a, na, |x| x.updated_at)
         })?;
     }
     if !ua.is_empty() {
         w.part("changed_accounts", CHANGED_ACCOUNTS, |a| {
-            a.add(ua.iter().map(|x| x.id).collect::<Vec<_>>())?;
-            a.add(ua.iter().map(|x| x.owner_name.as_str()).collect::<Vec<_>>())?;
-            a.add(ua.iter().map(|x| x.balance).collect::<Vec<_>>())?;
-            a.add(ua.iter().map(|x| x.held).collect::<Vec<_>>())?;
-            a.add(ua.iter().map(|x| x.status.as_str()).collect::<Vec<_>>())?;
-            a.add(ua.iter().map(|x| x.version).collect::<Vec<_>>())?;
-            a.add(ua.iter().map(|x| x.seq).collect::<Vec<_>>())?;
-            a.add(
-                ua.iter()
-                    .map(|x| Value::Object(x.metadata.clone()))
-                    .collect::<Vec<_>>(),
-            )?;
-            a.add(ua.iter().map(|x| x.updated_at).collect::<Vec<_>>())
+            col(a, ua, |x| x.id)?;
+            col(a, ua, |x| x.owner_name.as_str())?;
+            col(a, ua, |x| x.balance)?;
+            col(a, ua, |x| x.held)?;
+            col(a, ua, |x| x.status.as_str())?;
+            col(a, ua, |x| x.version)?;
+            col(a, ua, |x| x.seq)?;
+            col(a, ua, |x| Value::Object(x.metadata.clone()))?;
+            col(a, ua, |x| x.updated_at)
         })?;
     }
     if !nt.is_empty() {
         w.part("new_transfers", NEW_TRANSFERS, |a| {
-            a.add(nt.iter().map(|x| x.id).collect::<Vec<_>>())?;
-            a.add(nt.iter().map(|x| x.from_account_id).collect::<Vec<_>>())?;
-            a.add(nt.iter().map(|x| x.to_account_id).collect::<Vec<_>>())?;
-            a.add(nt.iter().map(|x| x.amount).collect::<Vec<_>>())?;
-            a.add(nt.iter().map(|x| x.currency.as_str()).collect::<Vec<_>>())?;
-            a.add(nt.iter().map(|x| x.status.as_str()).collect::<Vec<_>>())?;
-            a.add(nt.iter().map(|x| x.debit_id).collect::<Vec<_>>())?;
-            a.add(nt.iter().map(|x| x.credit_id).collect::<Vec<_>>())?;
-            a.add(nt.iter().map(|x| x.reverses_id).collect::<Vec<_>>())?;
-            a.add(nt.iter().map(|x| x.reversed_by_id).collect::<Vec<_>>())?;
-            a.add(
-                nt.iter()
-                    .map(|x| x.description.as_deref())
-                    .collect::<Vec<_>>(),
-            )?;
-            a.add(
-                nt.iter()
-                    .map(|x| x.reference.as_deref())
-                    .collect::<Vec<_>>(),
-            )?;
-            a.add(nt.iter().map(|x| x.created_at).collect::<Vec<_>>())?;
-            a.add(nt.iter().map(|x| x.updated_at).collect::<Vec<_>>())
+            col(a, nt, |x| x.id)?;
+            col(a, nt, |x| x.from_account_id)?;
+            col(a, nt, |x| x.to_account_id)?;
+            col(a, nt, |x| x.amount)?;
+            col(a, nt, |x| x.currency.as_str())?;
+            col(a, nt, |x| x.status.as_str())?;
+            col(a, nt, |x| x.debit_id)?;
+            col(a, nt, |x| x.credit_id)?;
+            col(a, nt, |x| x.reverses_id)?;
+            col(a, nt, |x| x.reversed_by_id)?;
+            col(a, nt, |x| x.description.as_deref())?;
+            col(a, nt, |x| x.reference.as_deref())?;
+            col(a, nt, |x| x.created_at)?;
+            col(a, nt, |x| x.updated_at)
         })?;
     }
     if !ut.is_empty() {
         w.part("changed_transfers", CHANGED_TRANSFERS, |a| {
-            a.add(ut.iter().map(|x| x.id).collect::<Vec<_>>())?;
-            a.add(ut.iter().map(|x| x.status.as_str()).collect::<Vec<_>>())?;
-            a.add(ut.iter().map(|x| x.reversed_by_id).collect::<Vec<_>>())?;
-            a.add(ut.iter().map(|x| x.updated_at).collect::<Vec<_>>())
+            col(a, ut, |x| x.id)?;
+            col(a, ut, |x| x.status.as_str())?;
+            col(a, ut, |x| x.reversed_by_id)?;
+            col(a, ut, |x| x.updated_at)
         })?;
     }
     if !nx.is_empty() {
         w.part("new_transactions", NEW_TRANSACTIONS, |a| {
-            a.add(nx.iter().map(|x| x.id).collect::<Vec<_>>())?;
-            a.add(nx.iter().map(|x| x.account_id).collect::<Vec<_>>())?;
-            a.add(nx.iter().map(|x| x.seq).collect::<Vec<_>>())?;
-            a.add(nx.iter().map(|x| x.posted_seq).collect::<Vec<_>>())?;
-            a.add(nx.iter().map(|x| x.kind.as_str()).collect::<Vec<_>>())?;
-            a.add(nx.iter().map(|x| x.amount).collect::<Vec<_>>())?;
-            a.add(nx.iter().map(|x| x.currency.as_str()).collect::<Vec<_>>())?;
-            a.add(nx.iter().map(|x| x.status.as_str()).collect::<Vec<_>>())?;
-            a.add(nx.iter().map(|x| x.balance_after).collect::<Vec<_>>())?;
-            a.add(nx.iter().map(|x| x.transfer_id).collect::<Vec<_>>())?;
-            a.add(nx.iter().map(|x| x.reverses_id).collect::<Vec<_>>())?;
-            a.add(nx.iter().map(|x| x.reversed_by_id).collect::<Vec<_>>())?;
-            a.add(
-                nx.iter()
-                    .map(|x| x.failure_reason.map(|f| f.as_str()))
-                    .collect::<Vec<_>>(),
-            )?;
-            a.add(
-                nx.iter()
-                    .map(|x| x.description.as_deref())
-                    .collect::<Vec<_>>(),
-            )?;
-            a.add(
-                nx.iter()
-                    .map(|x| x.reference.as_deref())
-                    .collect::<Vec<_>>(),
-            )?;
-            a.add(nx.iter().map(|x| x.created_at).collect::<Vec<_>>())?;
-            a.add(nx.iter().map(|x| x.posted_at).collect::<Vec<_>>())?;
-            a.add(nx.iter().map(|x| x.updated_at).collect::<Vec<_>>())
+            col(a, nx, |x| x.id)?;
+            col(a, nx, |x| x.account_id)?;
+            col(a, nx, |x| x.seq)?;
+            col(a, nx, |x| x.posted_seq)?;
+            col(a, nx, |x| x.kind.as_str())?;
+            col(a, nx, |x| x.amount)?;
+            col(a, nx, |x| x.currency.as_str())?;
+            col(a, nx, |x| x.status.as_str())?;
+            col(a, nx, |x| x.balance_after)?;
+            col(a, nx, |x| x.transfer_id)?;
+            col(a, nx, |x| x.reverses_id)?;
+            col(a, nx, |x| x.reversed_by_id)?;
+            col(a, nx, |x| x.failure_reason.map(|f| f.as_str()))?;
+            col(a, nx, |x| x.description.as_deref())?;
+            col(a, nx, |x| x.reference.as_deref())?;
+            col(a, nx, |x| x.created_at)?;
+            col(a, nx, |x| x.posted_at)?;
+            col(a, nx, |x| x.updated_at)
         })?;
     }
     if !ux.is_empty() {
         w.part("changed_transactions", CHANGED_TRANSACTIONS, |a| {
-            a.add(ux.iter().map(|x| x.id).collect::<Vec<_>>())?;
-            a.add(ux.iter().map(|x| x.status.as_str()).collect::<Vec<_>>())?;
-            a.add(ux.iter().map(|x| x.posted_seq).collect::<Vec<_>>())?;
-            a.add(ux.iter().map(|x| x.balance_after).collect::<Vec<_>>())?;
-            a.add(ux.iter().map(|x| x.reversed_by_id).collect::<Vec<_>>())?;
-            a.add(
-                ux.iter()
-                    .map(|x| x.failure_reason.map(|f| f.as_str()))
-                    .collect::<Vec<_>>(),
-            )?;
-            a.add(ux.iter().map(|x| x.posted_at).collect::<Vec<_>>())?;
-            a.add(ux.iter().map(|x| x.updated_at).collect::<Vec<_>>())
+            col(a, ux, |x| x.id)?;
+            col(a, ux, |x| x.status.as_str())?;
+            col(a, ux, |x| x.posted_seq)?;
+            col(a, ux, |x| x.balance_after)?;
+            col(a, ux, |x| x.reversed_by_id)?;
+            col(a, ux, |x| x.failure_reason.map(|f| f.as_str()))?;
+            col(a, ux, |x| x.posted_at)?;
+            col(a, ux, |x| x.updated_at)
         })?;
     }
     if !i.is_empty() {
         w.part("new_keys", NEW_KEYS, |a| {
-            a.add(i.iter().map(|x| x.scope).collect::<Vec<_>>())?;
-            a.add(i.iter().map(|x| x.key.as_str()).collect::<Vec<_>>())?;
-            a.add(
-                i.iter()
-                    .map(|x| x.request_hash.as_slice())
-                    .collect::<Vec<_>>(),
-            )?;
-            a.add(
-                i.iter()
-                    .map(|x| i16::try_from(x.status).unwrap_or(500))
-                    .collect::<Vec<_>>(),
-            )?;
-            a.add(i.iter().map(|x| x.body.as_slice()).collect::<Vec<_>>())?;
-            a.add(i.iter().map(|x| x.created_at).collect::<Vec<_>>())
+            col(a, i, |x| x.scope)?;
+            col(a, i, |x| x.key.as_str())?;
+            col(a, i, |x| x.request_hash.as_slice())?;
+            col(a, i, |x| i16::try_from(x.status).unwrap_or(500))?;
+            col(a, i, |x| x.body.as_slice())?;
+            col(a, i, |x| x.created_at)
         })?;
     }
     if let Some(id) = batch_id {
@@ -498,25 +454,25 @@ pub(crate) async fn write_changes(
     w.execute(tx, mode).await
 }
 
+/// Binds one column of `rows` as an array parameter.
+fn col<'r, R, T>(a: &mut PgArguments, rows: &'r [R], f: impl FnMut(&'r R) -> T) -> Bound
+where
+    Vec<T>: sqlx::Encode<'r, Postgres> + sqlx::Type<Postgres>,
+{
+    a.add(rows.iter().map(f).collect::<Vec<_>>())
+}
+
 fn bind_audit(a: &mut PgArguments, e: &[AuditEvent]) -> Bound {
-    a.add(e.iter().map(|x| x.seq).collect::<Vec<_>>())?;
-    a.add(e.iter().map(|x| x.at).collect::<Vec<_>>())?;
-    a.add(e.iter().map(|x| x.actor_key_id).collect::<Vec<_>>())?;
-    a.add(
-        e.iter()
-            .map(|x| x.request_id.as_deref())
-            .collect::<Vec<_>>(),
-    )?;
-    a.add(e.iter().map(|x| x.action.as_str()).collect::<Vec<_>>())?;
-    a.add(
-        e.iter()
-            .map(|x| x.resource_type.as_str())
-            .collect::<Vec<_>>(),
-    )?;
-    a.add(e.iter().map(|x| x.resource_id).collect::<Vec<_>>())?;
-    a.add(e.iter().map(|x| x.details.as_str()).collect::<Vec<_>>())?;
-    a.add(e.iter().map(|x| x.prev_hash.as_str()).collect::<Vec<_>>())?;
-    a.add(e.iter().map(|x| x.hash.as_str()).collect::<Vec<_>>())
+    col(a, e, |x| x.seq)?;
+    col(a, e, |x| x.at)?;
+    col(a, e, |x| x.actor_key_id)?;
+    col(a, e, |x| x.request_id.as_deref())?;
+    col(a, e, |x| x.action.as_str())?;
+    col(a, e, |x| x.resource_type.as_str())?;
+    col(a, e, |x| x.resource_id)?;
+    col(a, e, |x| x.details.as_str())?;
+    col(a, e, |x| x.prev_hash.as_str())?;
+    col(a, e, |x| x.hash.as_str())
 }
 
 /// Appends sealed audit events in one statement (when they could not go with the batch's rows).
