@@ -364,14 +364,27 @@ pub(crate) async fn write_changes(
                 ]))
             })
             .collect::<StoreResult<Vec<Value>>>()?;
+        let rows = Value::Array(rows).to_string();
         sqlx::query(
             "UPDATE accounts SET owner_name = u.value ->> 1, balance = u.value ->> 2,
-                    held = u.value ->> 3, status = u.value ->> 4, version = u.value ->> 5,
-                    seq = u.value ->> 6, metadata = u.value ->> 7, updated_at = u.value ->> 8
+                    held = u.value ->> 3, version = u.value ->> 5, seq = u.value ->> 6,
+                    metadata = u.value ->> 7, updated_at = u.value ->> 8
                FROM json_each(?1) AS u
               WHERE accounts.id = u.value ->> 0",
         )
-        .bind(Value::Array(rows).to_string())
+        .bind(rows.as_str())
+        .execute(&mut **tx)
+        .await
+        .map_err(classify)?;
+        // `status` is indexed, and SQLite rewrites the index entry of every row whose UPDATE
+        // sets an indexed column, changed or not: only rows whose status changed are set, so a
+        // balance change dirties the account's table page alone.
+        sqlx::query(
+            "UPDATE accounts SET status = u.value ->> 4
+               FROM json_each(?1) AS u
+              WHERE accounts.id = u.value ->> 0 AND accounts.status <> u.value ->> 4",
+        )
+        .bind(rows.as_str())
         .execute(&mut **tx)
         .await
         .map_err(classify)?;

@@ -435,6 +435,62 @@ async fn every_operation_round_trips_through_a_reopen() {
     store.migrate().await.expect("second migrate");
 }
 
+/// Batches with more rows per table than one multi-row statement carries (256), where balances
+/// and statuses change in the same write: every row reads back exactly.
+#[tokio::test]
+async fn batches_larger_than_one_statement_round_trip() {
+    let db = TempDb::new();
+    let store = open(&db).await;
+    let mut written = Written::default();
+    let creates: Vec<Envelope> = (0..600)
+        .map(|i| env(new_account(None, &format!("owner {i}"), "USD")))
+        .collect();
+    let ids: Vec<Uuid> = run_batch(&store, &mut written, &creates, &[])
+        .await
+        .into_iter()
+        .map(|o| account_of(o).id)
+        .collect();
+    // 600 updated accounts and 600 new transactions in one write.
+    let credits: Vec<Envelope> = ids.iter().map(|&id| env(credit(id, 1_000))).collect();
+    for outcome in run_batch(&store, &mut written, &credits, &[]).await {
+        assert_eq!(transaction_of(outcome).balance_after, Some(1_000));
+    }
+    // 300 transfers (600 legs), then every third account frozen: its balance and its status
+    // change in the same write.
+    let mut batch: Vec<Envelope> = ids
+        .chunks(2)
+        .map(|pair| env(transfer(pair[0], pair[1], 400)))
+        .collect();
+    for id in ids.iter().step_by(3) {
+        batch.push(env(Command::UpdateAccount {
+            account_id: *id,
+            if_match: written.accounts[id].version + 1,
+            patch: AccountPatch {
+                status: Some(AccountStatus::Frozen),
+                ..AccountPatch::default()
+            },
+        }));
+    }
+    let outcomes = run_batch(&store, &mut written, &batch, &[]).await;
+    assert_eq!(outcomes.len(), 500);
+    for outcome in outcomes {
+        assert!(outcome.is_ok(), "{outcome:?}");
+    }
+    assert_stored(&store, &written).await;
+    for (i, id) in ids.iter().enumerate() {
+        let account = store.get_account(*id).await.unwrap().expect("account");
+        let balance = if i % 2 == 0 { 600 } else { 1_400 };
+        let status = if i % 3 == 0 {
+            AccountStatus::Frozen
+        } else {
+            AccountStatus::Active
+        };
+        assert_eq!((account.balance, account.status), (balance, status), "{i}");
+        assert_eq!(account.version, if i % 3 == 0 { 4 } else { 3 }, "{i}");
+    }
+    assert_eq!(written.transactions.len(), 1_200);
+}
+
 #[tokio::test]
 async fn lists_filter_and_paginate() {
     let db = TempDb::new();
