@@ -3,7 +3,7 @@
 //!
 //! Behaviour mirrors `zeta-store-postgres`; the concurrency model differs:
 //! - The database runs in WAL mode with `synchronous=FULL` (a COMMIT is durable when it returns),
-//!   foreign keys on and a busy timeout.
+//!   foreign keys on, a busy timeout and temporary storage (statement journals) in memory.
 //! - Every write transaction begins with `BEGIN IMMEDIATE`, which takes SQLite's single write lock
 //!   up front. Writers are serialized, so nothing a writer reads can change under it: this replaces
 //!   PostgreSQL's `REPEATABLE READ` plus `SELECT … FOR UPDATE`, and `lock_accounts` is a plain
@@ -156,6 +156,9 @@ impl SqliteStore {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
+            // Statement journals (see `rows::ROWS_PER_STATEMENT`) in memory, not in a temporary
+            // file the writer writes and reads back on every multi-row statement.
+            .pragma("temp_store", "memory")
             .busy_timeout(settings.busy_timeout);
         let pool = SqlitePoolOptions::new()
             .max_connections(settings.max_connections.max(1))

@@ -15,8 +15,13 @@ use zeta_store::{ApiKeyRecord, IdempotencyRecord, StoreError, StoreResult};
 
 use crate::classify;
 
-/// SQLite's default (and the bundled build's) limit on bound parameters per statement.
-const MAX_PARAMS: usize = 32_766;
+/// Rows per multi-row statement at most. Inside a transaction, SQLite keeps the original of
+/// every page a multi-row statement changes until the statement ends (its statement journal, in
+/// memory: `temp_store=MEMORY`), so this bounds that memory (a 1000-transfer batch writes 2000
+/// transaction rows). 256 rows of the widest row (18 columns) bind 4 608 parameters, far under
+/// SQLite's limit of 32 766.
+const ROWS_PER_STATEMENT: usize = 256;
+const _: () = assert!(ROWS_PER_STATEMENT * 18 <= 32_766);
 
 // ---- encodings -------------------------------------------------------------------------------
 
@@ -250,21 +255,15 @@ fn opt_micros(at: Option<OffsetDateTime>) -> StoreResult<Option<i64>> {
     at.map(micros_of).transpose()
 }
 
-/// Rows per multi-row INSERT so that it binds at most [`MAX_PARAMS`] parameters.
-fn rows_per_insert(columns: usize) -> usize {
-    (MAX_PARAMS / columns).max(1)
-}
-
-/// Runs one multi-row INSERT per chunk. The statement text depends on the chunk's length, so it
-/// is not kept in the connection's statement cache.
+/// Runs one multi-row INSERT per chunk of [`ROWS_PER_STATEMENT`] rows. The statement text depends
+/// on the chunk's length, so it is not kept in the connection's statement cache.
 async fn insert_chunks<T>(
     tx: &mut sqlx::Transaction<'static, Sqlite>,
     head: &'static str,
-    columns: usize,
     items: &[T],
     push: impl Fn(&mut sqlx::query_builder::Separated<'_, Sqlite, &'static str>, &T),
 ) -> StoreResult<()> {
-    for chunk in items.chunks(rows_per_insert(columns)) {
+    for chunk in items.chunks(ROWS_PER_STATEMENT) {
         let mut q = QueryBuilder::<Sqlite>::new(head);
         q.push_values(chunk, |mut b, item| push(&mut b, item));
         q.build()
@@ -326,7 +325,6 @@ pub(crate) async fn write_changes(
             tx,
             "INSERT INTO accounts (id, account_number, owner_name, currency, balance, held, \
              status, version, seq, metadata, created_at, updated_at) ",
-            12,
             &rows,
             |b, r| {
                 b.push_bind(id(r.a.id))
@@ -345,10 +343,9 @@ pub(crate) async fn write_changes(
         )
         .await?;
     }
-    if !c.updated_accounts.is_empty() {
-        // One statement for every changed account: the rows as one JSON array parameter.
-        let rows = c
-            .updated_accounts
+    for chunk in c.updated_accounts.chunks(ROWS_PER_STATEMENT) {
+        // One statement per chunk of changed accounts: the rows as one JSON array parameter.
+        let rows = chunk
             .iter()
             .map(|a| {
                 Ok(serde_json::json!([
@@ -407,7 +404,6 @@ pub(crate) async fn write_changes(
             "INSERT INTO transfers (id, from_account_id, to_account_id, amount, currency, \
              status, debit_id, credit_id, reverses_id, reversed_by_id, description, reference, \
              created_at, updated_at) ",
-            14,
             &rows,
             |b, r| {
                 b.push_bind(id(r.t.id))
@@ -458,7 +454,6 @@ pub(crate) async fn write_changes(
             "INSERT INTO transactions (id, account_id, seq, posted_seq, type, amount, currency, \
              status, balance_after, transfer_id, reverses_id, reversed_by_id, failure_reason, \
              description, reference, created_at, posted_at, updated_at) ",
-            18,
             &rows,
             |b, r| {
                 b.push_bind(id(r.t.id))
@@ -538,7 +533,6 @@ pub(crate) async fn write_changes(
             tx,
             "INSERT INTO idempotency_keys (api_key_id, key, request_hash, status, body, \
              created_at) ",
-            6,
             &rows,
             |b, r| {
                 b.push_bind(id(r.i.scope))
@@ -569,7 +563,6 @@ pub(crate) async fn append_audit(
             tx,
             "INSERT INTO audit_events (seq, at, actor_key_id, request_id, action, \
              resource_type, resource_id, details, prev_hash, hash) ",
-            10,
             &rows,
             |b, (e, at)| {
                 b.push_bind(e.seq)

@@ -1211,7 +1211,8 @@ async fn opens_plain_paths_and_sets_up_the_connection() {
         "SELECT (SELECT journal_mode FROM pragma_journal_mode),
                 (SELECT synchronous FROM pragma_synchronous),
                 (SELECT foreign_keys FROM pragma_foreign_keys),
-                (SELECT timeout FROM pragma_busy_timeout)",
+                (SELECT timeout FROM pragma_busy_timeout),
+                (SELECT temp_store FROM pragma_temp_store)",
     )
     .fetch_one(store.pool())
     .await
@@ -1220,6 +1221,7 @@ async fn opens_plain_paths_and_sets_up_the_connection() {
     assert_eq!(row.get::<i64, _>(1), 2, "synchronous=FULL");
     assert_eq!(row.get::<i64, _>(2), 1);
     assert_eq!(row.get::<i64, _>(3), 5_000);
+    assert_eq!(row.get::<i64, _>(4), 2, "temp_store=MEMORY");
     // A bad URL is a plain error.
     let missing_dir = std::env::temp_dir().join(format!("{}/x.db", Uuid::new_v4()));
     let err = SqliteStore::open(
