@@ -169,6 +169,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "audit events",
         include_str!("../migrations/0003_audit_events.sql"),
     ),
+    (
+        4,
+        "drop unused transfer indexes",
+        include_str!("../migrations/0004_drop_unused_transfer_indexes.sql"),
+    ),
 ];
 
 /// Maps a driver error to what the caller should do about it.

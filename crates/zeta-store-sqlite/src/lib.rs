@@ -91,6 +91,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "audit events",
         include_str!("../migrations/0002_audit_events.sql"),
     ),
+    (
+        3,
+        "drop unused transfer indexes",
+        include_str!("../migrations/0003_drop_unused_transfer_indexes.sql"),
+    ),
 ];
 
 /// `UNIQUE constraint failed: …` messages of the keys a concurrent writer may have taken: the

@@ -11,6 +11,7 @@ mod idempotency;
 mod instances;
 mod money;
 mod operations;
+mod schema;
 mod security;
 mod transfers;
 
