@@ -33,11 +33,13 @@ macro_rules! transfer_columns {
     };
 }
 
+mod checkpoint;
 mod rows;
 mod verify;
 
 use std::borrow::Cow;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -55,6 +57,7 @@ use zeta_store::{
     StoreResult, TransactionFilter, VerifyReport,
 };
 
+use checkpoint::Checkpointer;
 use rows::{
     account_from_row, api_key_from_row, id, id_list, idempotency_from_row, micros_bound,
     transaction_from_row, transfer_from_row,
@@ -68,6 +71,9 @@ pub struct SqliteSettings {
     /// How long a statement waits for a lock another connection (or process) holds before it
     /// fails with SQLITE_BUSY (retryable); also how long a caller waits for a free connection.
     pub busy_timeout: Duration,
+    /// WAL size, in frames (pages), from which a write transaction first waits for the
+    /// background checkpoint to copy everything, so that the WAL starts over (see `checkpoint`).
+    pub wal_restart_frames: i64,
 }
 
 impl Default for SqliteSettings {
@@ -75,6 +81,7 @@ impl Default for SqliteSettings {
         Self {
             max_connections: 8,
             busy_timeout: Duration::from_secs(5),
+            wal_restart_frames: checkpoint::RESTART_FRAMES,
         }
     }
 }
@@ -82,6 +89,7 @@ impl Default for SqliteSettings {
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    checkpointer: Arc<Checkpointer>,
 }
 
 const MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -164,14 +172,18 @@ impl SqliteStore {
             // Statement journals (see `rows::ROWS_PER_STATEMENT`) in memory, not in a temporary
             // file the writer writes and reads back on every multi-row statement.
             .pragma("temp_store", "memory")
+            // Checkpoints run on a connection of their own (see `checkpoint`).
+            .pragma("wal_autocheckpoint", "0")
             .busy_timeout(settings.busy_timeout);
         let pool = SqlitePoolOptions::new()
             .max_connections(settings.max_connections.max(1))
             .acquire_timeout(settings.busy_timeout)
-            .connect_with(options)
+            .connect_with(options.clone())
             .await
             .map_err(classify)?;
-        Ok(Self { pool })
+        let checkpointer =
+            Arc::new(Checkpointer::start(&options, settings.wal_restart_frames).await?);
+        Ok(Self { pool, checkpointer })
     }
 
     pub fn pool(&self) -> &SqlitePool {
@@ -217,12 +229,16 @@ impl Store for SqliteStore {
     }
 
     async fn begin(&self) -> StoreResult<Box<dyn LedgerTx>> {
+        self.checkpointer.before_write().await;
         let tx = self
             .pool
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(classify)?;
-        Ok(Box::new(SqliteLedgerTx { tx }))
+        Ok(Box::new(SqliteLedgerTx {
+            tx,
+            checkpointer: Arc::clone(&self.checkpointer),
+        }))
     }
 
     async fn get_account(&self, account_id: Uuid) -> StoreResult<Option<Account>> {
@@ -446,6 +462,7 @@ impl Store for SqliteStore {
 
 struct SqliteLedgerTx {
     tx: sqlx::Transaction<'static, Sqlite>,
+    checkpointer: Arc<Checkpointer>,
 }
 
 #[async_trait]
@@ -637,6 +654,8 @@ impl LedgerTx for SqliteLedgerTx {
     }
 
     async fn commit(self: Box<Self>) -> StoreResult<()> {
-        self.tx.commit().await.map_err(classify)
+        self.tx.commit().await.map_err(classify)?;
+        self.checkpointer.committed();
+        Ok(())
     }
 }

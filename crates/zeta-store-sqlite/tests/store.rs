@@ -844,6 +844,46 @@ async fn taken_account_number_is_a_conflict() {
     assert!(matches!(err, StoreError::Other(_)), "{err:?}");
 }
 
+/// Frames the WAL file has room for: it is reused from its start after a restart, so its size
+/// is the most it ever held (a 32-byte header, then 24 bytes and a 4 KiB page per frame).
+fn wal_file_frames(db: &TempDb) -> u64 {
+    let mut wal = db.path.clone().into_os_string();
+    wal.push("-wal");
+    std::fs::metadata(PathBuf::from(wal)).map_or(0, |m| m.len().saturating_sub(32) / 4_120)
+}
+
+/// No connection checkpoints inside its COMMIT; a task does it after each commit, and the WAL
+/// starts over once it holds `wal_restart_frames` frames instead of growing with every commit.
+#[tokio::test]
+async fn the_wal_is_checkpointed_beside_the_writer_and_starts_over() {
+    let db = TempDb::new();
+    let settings = SqliteSettings {
+        wal_restart_frames: 64,
+        ..SqliteSettings::default()
+    };
+    let store = SqliteStore::open(&db.url(), &settings).await.unwrap();
+    store.migrate().await.unwrap();
+    let autocheckpoint: i64 = sqlx::query_scalar("PRAGMA wal_autocheckpoint")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(autocheckpoint, 0);
+    let mut written = Written::default();
+    for round in 0..150 {
+        let creates: Vec<Envelope> = (0..20)
+            .map(|i| env(new_account(None, &format!("owner {round}-{i}"), "USD")))
+            .collect();
+        run_batch(&store, &mut written, &creates, &[]).await;
+    }
+    // Each commit writes about 15 frames: without the restart the WAL would hold about 2 250.
+    // With it, at most 64 plus what commits while the checkpoint catches up (passes are 10 ms
+    // apart; 98–258 frames measured, 2 866 without the restart).
+    let most = wal_file_frames(&db);
+    assert!(most <= 500, "the WAL grew to {most} frames");
+    assert_stored(&store, &written).await;
+    assert_eq!(written.accounts.len(), 3_000);
+}
+
 #[tokio::test]
 async fn a_second_writer_waits_then_gets_unavailable() {
     let db = TempDb::new();
@@ -853,6 +893,7 @@ async fn a_second_writer_waits_then_gets_unavailable() {
         &SqliteSettings {
             max_connections: 2,
             busy_timeout: Duration::from_millis(50),
+            ..SqliteSettings::default()
         },
     )
     .await

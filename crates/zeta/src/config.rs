@@ -123,6 +123,7 @@ impl Settings {
                 .unwrap_or(SQLITE_MAX_CONNECTIONS)
                 .max(2),
             busy_timeout: Duration::from_millis(self.db_lock_timeout_ms),
+            ..SqliteSettings::default()
         }
     }
 
