@@ -4,6 +4,7 @@
 //! Behaviour mirrors `zeta-store-postgres`; the concurrency model differs:
 //! - The database runs in WAL mode with `synchronous=FULL` (a COMMIT is durable when it returns),
 //!   foreign keys on, a busy timeout and temporary storage (statement journals) in memory.
+//!   Checkpoints run on a connection of their own, not in the writer's COMMIT (`checkpoint`).
 //! - Every write transaction begins with `BEGIN IMMEDIATE`, which takes SQLite's single write lock
 //!   up front. Writers are serialized, so nothing a writer reads can change under it: this replaces
 //!   PostgreSQL's `REPEATABLE READ` plus `SELECT … FOR UPDATE`, and `lock_accounts` is a plain
