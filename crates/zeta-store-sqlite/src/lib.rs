@@ -9,8 +9,10 @@
 //!   up front. Writers are serialized, so nothing a writer reads can change under it: this replaces
 //!   PostgreSQL's `REPEATABLE READ` plus `SELECT … FOR UPDATE`, and `lock_accounts` is a plain
 //!   `SELECT` inside the immediate transaction. The engine runs one writer on SQLite.
-//! - Readers use other pooled connections; WAL gives each read transaction a consistent snapshot
-//!   and never blocks the writer.
+//!   Write transactions (and the one write outside the engine, the idempotency purge) always use
+//!   the same connection, so its page cache stays valid from one transaction to the next.
+//! - Readers use the other pooled connections; WAL gives each read transaction a consistent
+//!   snapshot and never blocks the writer.
 //!
 //! Encodings: ids are TEXT (lowercase hyphenated UUIDs, whose text order is PostgreSQL's uuid
 //! order), timestamps INTEGER microseconds since the Unix epoch (UTC), metadata TEXT JSON, the
@@ -67,7 +69,7 @@ use rows::{
 /// Pool and connection settings.
 #[derive(Clone, Debug)]
 pub struct SqliteSettings {
-    /// Connections in the pool: the engine's one writer plus the readers. At least 1.
+    /// Connections: the writer's one plus the readers' (at least one reader).
     pub max_connections: u32,
     /// How long a statement waits for a lock another connection (or process) holds before it
     /// fails with SQLITE_BUSY (retryable); also how long a caller waits for a free connection.
@@ -89,7 +91,10 @@ impl Default for SqliteSettings {
 
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
+    /// The readers (and the migrations).
     pool: SqlitePool,
+    /// The one connection that writes.
+    writer: SqlitePool,
     checkpointer: Arc<Checkpointer>,
 }
 
@@ -157,7 +162,7 @@ pub(crate) fn classify(err: sqlx::Error) -> StoreError {
 
 impl SqliteStore {
     /// Opens (creating it when missing) the database at `sqlite://PATH`, `sqlite:PATH` or a plain
-    /// file path, and connects one connection right away.
+    /// file path, and connects the writer's connection and one reader's right away.
     pub async fn open(url_or_path: &str, settings: &SqliteSettings) -> StoreResult<Self> {
         let options = if url_or_path.starts_with("sqlite:") {
             SqliteConnectOptions::from_str(url_or_path)
@@ -177,14 +182,31 @@ impl SqliteStore {
             .pragma("wal_autocheckpoint", "0")
             .busy_timeout(settings.busy_timeout);
         let pool = SqlitePoolOptions::new()
-            .max_connections(settings.max_connections.max(1))
+            .max_connections(settings.max_connections.saturating_sub(1).max(1))
+            .acquire_timeout(settings.busy_timeout)
+            .connect_with(options.clone())
+            .await
+            .map_err(classify)?;
+        // SQLite has one writer at a time anyway. A connection's page cache is dropped whenever
+        // another connection wrote since its last transaction: with the writes spread over the
+        // pool, every write transaction started cold, and every connection kept a writer's
+        // worth of memory.
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
             .acquire_timeout(settings.busy_timeout)
             .connect_with(options.clone())
             .await
             .map_err(classify)?;
         let checkpointer =
             Arc::new(Checkpointer::start(&options, settings.wal_restart_frames).await?);
-        Ok(Self { pool, checkpointer })
+        Ok(Self {
+            pool,
+            writer,
+            checkpointer,
+        })
     }
 
     pub fn pool(&self) -> &SqlitePool {
@@ -232,7 +254,7 @@ impl Store for SqliteStore {
     async fn begin(&self) -> StoreResult<Box<dyn LedgerTx>> {
         self.checkpointer.before_write().await;
         let tx = self
-            .pool
+            .writer
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(classify)?;
@@ -448,7 +470,7 @@ impl Store for SqliteStore {
     async fn purge_expired(&self, before: OffsetDateTime) -> StoreResult<u64> {
         let deleted = sqlx::query("DELETE FROM idempotency_keys WHERE created_at < ?")
             .bind(rows::micros_bound(before))
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await
             .map_err(classify)?
             .rows_affected();
@@ -456,8 +478,11 @@ impl Store for SqliteStore {
     }
 
     fn pool_stats(&self) -> (u32, u32) {
-        let idle = u32::try_from(self.pool.num_idle()).unwrap_or(u32::MAX);
-        (self.pool.size(), idle)
+        let idle = self.pool.num_idle() + self.writer.num_idle();
+        (
+            self.pool.size() + self.writer.size(),
+            u32::try_from(idle).unwrap_or(u32::MAX),
+        )
     }
 }
 

@@ -919,6 +919,48 @@ async fn a_second_writer_waits_then_gets_unavailable() {
     other.begin().await.expect("free again");
 }
 
+/// The writer has a connection of its own: writes neither wait for a reader's connection nor
+/// share theirs (a connection's page cache is dropped whenever another one wrote).
+#[tokio::test]
+async fn writes_have_a_connection_of_their_own() {
+    let db = TempDb::new();
+    let store = SqliteStore::open(
+        &db.url(),
+        &SqliteSettings {
+            max_connections: 2,
+            busy_timeout: Duration::from_millis(200),
+            ..SqliteSettings::default()
+        },
+    )
+    .await
+    .unwrap();
+    store.migrate().await.unwrap();
+    // The writer's connection and one reader's.
+    assert_eq!(store.pool_stats().0, 2);
+    // Every reader's connection is taken.
+    let mut readers = vec![store.pool().acquire().await.unwrap()];
+    while let Some(reader) = store.pool().try_acquire() {
+        readers.push(reader);
+    }
+    assert_eq!(readers.len(), 1);
+    let mut written = Written::default();
+    let creates: Vec<Envelope> = (0..3)
+        .map(|i| env(new_account(None, &format!("owner {i}"), "USD")))
+        .collect();
+    run_batch(&store, &mut written, &creates, &[]).await;
+    assert_eq!(
+        store
+            .purge_expired(OffsetDateTime::now_utc())
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(store.pool_stats().0, 2);
+    drop(readers);
+    assert_stored(&store, &written).await;
+    assert_eq!(written.accounts.len(), 3);
+}
+
 /// The outcome of one command run through an engine.
 async fn outcome_of(engine: &Engine, command: Command) -> Outcome {
     match engine.submit(env(command), None).await.expect("engine") {
