@@ -46,7 +46,7 @@ pub struct Settings {
     )]
     pub log_format: LogFormat,
 
-    /// Most database connections in the pool [default: 16 on PostgreSQL, 4 on SQLite].
+    /// Most database connections in the pool [default: 16 on PostgreSQL, 5 on SQLite].
     #[arg(long, env = "ZETA_DB_MAX_CONNECTIONS", global = true)]
     pub db_max_connections: Option<u32>,
 
@@ -109,11 +109,12 @@ pub fn redact_url(url: &str) -> String {
 
 /// The PostgreSQL pool's default size.
 pub const PG_MAX_CONNECTIONS: u32 = 16;
-/// The SQLite pool's default size: the writer and three readers. Every SQLite connection is a
+/// The SQLite pool's default size: the writer and four readers. Every SQLite connection is a
 /// thread of its own, and glibc gives each thread its own malloc arena that keeps what it
 /// freed: 16 connections kept the server at 130–140 MB, six at 95–112 MB once the batch
-/// endpoint had run, four at 73–90 MB, reading 8 % slower (README "Performance").
-pub const SQLITE_MAX_CONNECTIONS: u32 = 4;
+/// endpoint had run while every connection could write. Since writes have a connection of
+/// their own, five peak at 62–66 MB (README "Performance").
+pub const SQLITE_MAX_CONNECTIONS: u32 = 5;
 
 impl Settings {
     pub fn sqlite(&self) -> SqliteSettings {
@@ -287,7 +288,7 @@ mod tests {
     fn the_pool_size_defaults_per_backend_and_one_setting_sets_both() {
         let defaults = Cli::try_parse_from(["zeta"]).expect("flags parse").settings;
         assert_eq!(defaults.pg().max_connections, 16);
-        assert_eq!(defaults.sqlite().max_connections, 4);
+        assert_eq!(defaults.sqlite().max_connections, 5);
         let set = Cli::try_parse_from(["zeta", "--db-max-connections", "9"])
             .expect("flags parse")
             .settings;
