@@ -466,6 +466,13 @@ impl Store for PgStore {
         c.done().await
     }
 
+    async fn close(&self) {
+        self.pool.close().await;
+        if let Some(replica) = &self.replica {
+            replica.close().await;
+        }
+    }
+
     async fn begin(&self) -> StoreResult<Box<dyn LedgerTx>> {
         Ok(Box::new(self.begin_ledger().await?))
     }

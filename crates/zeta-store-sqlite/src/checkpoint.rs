@@ -21,6 +21,7 @@ use std::time::Duration;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
 use sqlx::{Connection as _, Row as _};
 use tokio::sync::{Notify, mpsc, watch};
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use zeta_store::StoreResult;
 
@@ -47,11 +48,14 @@ pub(crate) struct Checkpointer {
     urgent: Arc<Notify>,
     passes: watch::Receiver<Pass>,
     restart_frames: i64,
+    /// Ends the task (which closes its connection).
+    stop: Arc<Notify>,
+    task: std::sync::Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Checkpointer {
     /// Connects the checkpointing connection and starts its task, which ends (closing the
-    /// connection) when the checkpointer is dropped.
+    /// connection) at [`Checkpointer::close`] or when the checkpointer is dropped.
     pub(crate) async fn start(
         options: &SqliteConnectOptions,
         restart_frames: i64,
@@ -65,9 +69,15 @@ impl Checkpointer {
         let urgent = Arc::new(Notify::new());
         let seen = Arc::clone(&commits);
         let hurry = Arc::clone(&urgent);
-        tokio::spawn(async move {
+        let stop = Arc::new(Notify::new());
+        let stopped = Arc::clone(&stop);
+        let task = tokio::spawn(async move {
             let mut last = Instant::now();
-            while woken.recv().await.is_some() {
+            loop {
+                tokio::select! {
+                    woke = woken.recv() => if woke.is_none() { break },
+                    () = stopped.notified() => break,
+                }
                 tokio::select! {
                     () = tokio::time::sleep_until(last + PASS_INTERVAL) => {}
                     () = hurry.notified() => {}
@@ -103,7 +113,18 @@ impl Checkpointer {
             urgent,
             passes,
             restart_frames,
+            stop,
+            task: std::sync::Mutex::new(Some(task)),
         })
+    }
+
+    /// Ends the task and waits until its connection is closed.
+    pub(crate) async fn close(&self) {
+        self.stop.notify_one();
+        let task = self.task.lock().map(|mut t| t.take()).unwrap_or(None);
+        if let Some(task) = task {
+            let _ = task.await;
+        }
     }
 
     /// After a COMMIT: checkpoint what it wrote (with whatever else commits before the pass).

@@ -251,6 +251,13 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    async fn close(&self) {
+        self.pool.close().await;
+        self.writer.close().await;
+        // The last connection to close checkpoints the whole WAL and removes it.
+        self.checkpointer.close().await;
+    }
+
     async fn begin(&self) -> StoreResult<Box<dyn LedgerTx>> {
         self.checkpointer.before_write().await;
         let tx = self

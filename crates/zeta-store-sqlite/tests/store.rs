@@ -961,6 +961,29 @@ async fn writes_have_a_connection_of_their_own() {
     assert_eq!(written.accounts.len(), 3);
 }
 
+/// Closing the store closes every connection: the last one folds the WAL into the database
+/// file and removes it, and the data is all there on the next open.
+#[tokio::test]
+async fn close_folds_the_wal_into_the_database_file() {
+    let db = TempDb::new();
+    let store = open(&db).await;
+    let mut written = Written::default();
+    let creates: Vec<Envelope> = (0..5)
+        .map(|i| env(new_account(None, &format!("owner {i}"), "USD")))
+        .collect();
+    run_batch(&store, &mut written, &creates, &[]).await;
+    let mut wal = db.path.clone().into_os_string();
+    wal.push("-wal");
+    let wal = PathBuf::from(wal);
+    assert!(wal.exists(), "the WAL exists while the store is open");
+    store.close().await;
+    assert!(!wal.exists(), "the WAL is gone after close");
+    assert!(store.ping().await.is_err(), "closed");
+    let store = open(&db).await;
+    assert_stored(&store, &written).await;
+    assert_eq!(written.accounts.len(), 5);
+}
+
 /// The outcome of one command run through an engine.
 async fn outcome_of(engine: &Engine, command: Command) -> Outcome {
     match engine.submit(env(command), None).await.expect("engine") {

@@ -96,6 +96,9 @@ pub trait Store: Send + Sync + 'static {
     async fn migrate(&self) -> StoreResult<()>;
     /// One round trip, for readiness.
     async fn ping(&self) -> StoreResult<()>;
+    /// Closes every connection, once nothing uses the store any more (at shutdown). SQLite
+    /// then copies its WAL into the database file and removes it.
+    async fn close(&self);
     /// Starts a write transaction for the ledger engine (REPEATABLE READ or its equivalent).
     async fn begin(&self) -> StoreResult<Box<dyn LedgerTx>>;
 

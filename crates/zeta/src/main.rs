@@ -130,6 +130,7 @@ async fn serve(settings: Settings, serve: ServeSettings) -> Result<(), String> {
     tracing::info!(%addr, "listening");
     let timeout = Duration::from_secs(serve.shutdown_timeout_secs);
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let closing = Arc::clone(&state.store);
     let server = tokio::spawn(zeta_api::serve(listener, state, async move {
         let _ = rx.await;
     }));
@@ -137,6 +138,17 @@ async fn serve(settings: Settings, serve: ServeSettings) -> Result<(), String> {
     let _ = tx.send(());
     match tokio::time::timeout(timeout, server).await {
         Ok(Ok(Ok(()))) => {
+            // Every request and the engine are done: close the connections (SQLite folds its
+            // WAL into the database file).
+            if tokio::time::timeout(timeout, closing.close())
+                .await
+                .is_err()
+            {
+                return Err(format!(
+                    "closing the database took longer than {}s",
+                    timeout.as_secs()
+                ));
+            }
             tracing::info!("stopped cleanly");
             Ok(())
         }
@@ -157,6 +169,7 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                 .migrate()
                 .await
                 .map_err(|e| format!("migrations failed: {e}"))?;
+            store.close().await;
             eprintln!("migrations applied");
             Ok(ExitCode::SUCCESS)
         }
@@ -166,6 +179,7 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                 .verify()
                 .await
                 .map_err(|e| format!("verify failed: {e}"))?;
+            store.close().await;
             Ok(if zeta::print_report(&report) {
                 ExitCode::SUCCESS
             } else {
@@ -178,9 +192,10 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                 .migrate()
                 .await
                 .map_err(|e| format!("migrations failed: {e}"))?;
-            let secret = zeta::create_api_key(store, &name, &role, None)
+            let secret = zeta::create_api_key(Arc::clone(&store), &name, &role, None)
                 .await
                 .map_err(|e| format!("cannot create key: {e}"))?;
+            store.close().await;
             println!("{secret}");
             Ok(ExitCode::SUCCESS)
         }

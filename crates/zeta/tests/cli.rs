@@ -195,3 +195,34 @@ fn help_shows_no_database_password_and_read_url_needs_postgres() {
         "the password is never printed: {stderr}"
     );
 }
+
+/// On SQLite every command closes its connections before exiting: the WAL is folded into the
+/// database file and removed, and the next command finds everything there.
+#[test]
+fn sqlite_commands_leave_no_wal_behind() {
+    let dir = std::env::temp_dir().join(format!("zeta-cli-{}", uuid::Uuid::now_v7()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = dir.join("cli.db");
+    let url = format!("sqlite://{}", db.display());
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_zeta"))
+            .args(args)
+            .env("DATABASE_URL", &url)
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("run zeta");
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!dir.join("cli.db-wal").exists(), "{args:?} left its WAL");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    run(&["migrate"]);
+    let secret = run(&["api-key", "create", "--role", "admin", "--name", "ops"]);
+    assert!(secret.trim().starts_with("zeta_"), "{secret}");
+    let report = run(&["verify"]);
+    assert!(report.contains("0 accounts"), "{report}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -210,6 +210,8 @@ fn quick_start_on_the_embedded_default() {
         !server.stderr().contains(&key),
         "the key is printed only at the first start"
     );
+    // A clean stop folds SQLite's WAL into the database file.
+    assert!(!dir.join("zeta.db-wal").exists(), "the WAL is left behind");
     let (code, report) = verify(&dir, None);
     assert_eq!(code, 0, "{report}");
     let _ = std::fs::remove_dir_all(&dir);

@@ -139,6 +139,9 @@ impl Store for Faulty {
     async fn ping(&self) -> StoreResult<()> {
         self.inner.ping().await
     }
+    async fn close(&self) {
+        self.inner.close().await
+    }
     async fn begin(&self) -> StoreResult<Box<dyn LedgerTx>> {
         let fault = self
             .remaining

@@ -83,3 +83,21 @@ async fn revocation_and_the_audit_chain_span_instances() {
     // key create, account create, funding credit, 40 credits, revoke — and the test's admin key.
     assert_eq!(report.audit_events, 45);
 }
+
+/// Closing a store (at shutdown) ends its connections; another instance's are untouched.
+#[tokio::test]
+async fn a_closed_store_has_no_connection_left() {
+    let app = zeta_testkit::TestApp::spawn().await;
+    let second =
+        zeta_store_postgres::PgStore::connect(&app.db.url, &Default::default()).expect("store");
+    second.ping().await.expect("open");
+    assert_eq!(second.pool_stats().0, 1);
+    second.close().await;
+    assert_eq!(second.pool_stats().0, 0);
+    let err = second.ping().await.expect_err("closed");
+    assert!(
+        matches!(err, zeta_store::StoreError::Unavailable(_)),
+        "{err:?}"
+    );
+    app.store.ping().await.expect("the other instance");
+}
