@@ -10,7 +10,8 @@
 //!   PostgreSQL's `REPEATABLE READ` plus `SELECT … FOR UPDATE`, and `lock_accounts` is a plain
 //!   `SELECT` inside the immediate transaction. The engine runs one writer on SQLite.
 //!   Write transactions (and the one write outside the engine, the idempotency purge) always use
-//!   the same connection, so its page cache stays valid from one transaction to the next.
+//!   the same connection, held by the store rather than pooled, so its page cache stays valid
+//!   from one transaction to the next and nothing runs between a COMMIT and the next BEGIN.
 //! - Readers use the other pooled connections; WAL gives each read transaction a consistent
 //!   snapshot and never blocks the writer.
 //!
@@ -48,10 +49,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteSynchronous,
 };
-use sqlx::{QueryBuilder, Row, SqlSafeStr as _, Sqlite};
+use sqlx::{Connection as _, QueryBuilder, Row, SqlSafeStr as _, Sqlite};
 use time::OffsetDateTime;
+use tokio::sync::{Mutex, OwnedMutexGuard};
 use uuid::Uuid;
 use zeta_ledger::audit::{AuditEvent, ChainHead};
 use zeta_ledger::{Account, Changes, Transaction, Transfer, TransferView};
@@ -94,8 +97,52 @@ pub struct SqliteStore {
     /// The readers (and the migrations).
     pool: SqlitePool,
     /// The one connection that writes.
-    writer: SqlitePool,
+    writer: Arc<Mutex<Writer>>,
+    busy_timeout: Duration,
     checkpointer: Arc<Checkpointer>,
+}
+
+/// The writer's connection. Not pooled: a pool pings a connection when it is handed back and
+/// again when it is handed out, two trips to the connection's thread between a COMMIT and the
+/// next BEGIN (about 0.5 ms per transaction under load).
+#[derive(Debug)]
+struct Writer {
+    /// `None` once the store is closed.
+    conn: Option<SqliteConnection>,
+    /// A transaction was begun and neither committed nor rolled back (its `LedgerTx` was
+    /// dropped): the next user rolls it back first.
+    open: bool,
+    options: SqliteConnectOptions,
+}
+
+impl Writer {
+    /// The connection, outside any transaction: rolls back what a dropped transaction left
+    /// open, and connects again if that fails.
+    async fn ready(&mut self) -> StoreResult<&mut SqliteConnection> {
+        if self.conn.is_none() {
+            return Err(StoreError::Unavailable("the store is closed".into()));
+        }
+        if self.open {
+            let rolled_back = match self.conn.as_mut() {
+                Some(conn) => sqlx::query("ROLLBACK").execute(&mut *conn).await.is_ok(),
+                None => false,
+            };
+            if !rolled_back {
+                if let Some(conn) = self.conn.take() {
+                    let _ = conn.close().await;
+                }
+                self.conn = Some(
+                    SqliteConnection::connect_with(&self.options)
+                        .await
+                        .map_err(classify)?,
+                );
+            }
+            self.open = false;
+        }
+        self.conn
+            .as_mut()
+            .ok_or_else(|| StoreError::Unavailable("the store is closed".into()))
+    }
 }
 
 const MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -191,22 +238,33 @@ impl SqliteStore {
         // another connection wrote since its last transaction: with the writes spread over the
         // pool, every write transaction started cold, and every connection kept a writer's
         // worth of memory.
-        let writer = SqlitePoolOptions::new()
-            .max_connections(1)
-            .min_connections(1)
-            .idle_timeout(None)
-            .max_lifetime(None)
-            .acquire_timeout(settings.busy_timeout)
-            .connect_with(options.clone())
-            .await
-            .map_err(classify)?;
+        let writer = Writer {
+            conn: Some(
+                SqliteConnection::connect_with(&options)
+                    .await
+                    .map_err(classify)?,
+            ),
+            open: false,
+            options: options.clone(),
+        };
         let checkpointer =
             Arc::new(Checkpointer::start(&options, settings.wal_restart_frames).await?);
         Ok(Self {
             pool,
-            writer,
+            writer: Arc::new(Mutex::new(writer)),
+            busy_timeout: settings.busy_timeout,
             checkpointer,
         })
+    }
+
+    /// The writer's connection, waiting at most the busy timeout for the transaction that has
+    /// it (like a second writer waits for SQLite's write lock).
+    async fn writer(&self) -> StoreResult<OwnedMutexGuard<Writer>> {
+        tokio::time::timeout(self.busy_timeout, Arc::clone(&self.writer).lock_owned())
+            .await
+            .map_err(|_| {
+                StoreError::Unavailable("timed out waiting for the writer's connection".into())
+            })
     }
 
     pub fn pool(&self) -> &SqlitePool {
@@ -253,20 +311,27 @@ impl Store for SqliteStore {
 
     async fn close(&self) {
         self.pool.close().await;
-        self.writer.close().await;
+        let mut writer = self.writer.lock().await;
+        // Rolls back what a dropped transaction left open.
+        let _ = writer.ready().await;
+        if let Some(conn) = writer.conn.take() {
+            let _ = conn.close().await;
+        }
+        drop(writer);
         // The last connection to close checkpoints the whole WAL and removes it.
         self.checkpointer.close().await;
     }
 
     async fn begin(&self) -> StoreResult<Box<dyn LedgerTx>> {
         self.checkpointer.before_write().await;
-        let tx = self
-            .writer
-            .begin_with("BEGIN IMMEDIATE")
+        let mut writer = self.writer().await?;
+        sqlx::query("BEGIN IMMEDIATE")
+            .execute(writer.ready().await?)
             .await
             .map_err(classify)?;
+        writer.open = true;
         Ok(Box::new(SqliteLedgerTx {
-            tx,
+            writer,
             checkpointer: Arc::clone(&self.checkpointer),
         }))
     }
@@ -477,7 +542,7 @@ impl Store for SqliteStore {
     async fn purge_expired(&self, before: OffsetDateTime) -> StoreResult<u64> {
         let deleted = sqlx::query("DELETE FROM idempotency_keys WHERE created_at < ?")
             .bind(rows::micros_bound(before))
-            .execute(&self.writer)
+            .execute(self.writer().await?.ready().await?)
             .await
             .map_err(classify)?
             .rows_affected();
@@ -485,17 +550,31 @@ impl Store for SqliteStore {
     }
 
     fn pool_stats(&self) -> (u32, u32) {
-        let idle = self.pool.num_idle() + self.writer.num_idle();
+        let writer = self.writer.try_lock().map_or((1, 0), |w| {
+            (u32::from(w.conn.is_some()), usize::from(w.conn.is_some()))
+        });
+        let idle = self.pool.num_idle() + writer.1;
         (
-            self.pool.size() + self.writer.size(),
+            self.pool.size() + writer.0,
             u32::try_from(idle).unwrap_or(u32::MAX),
         )
     }
 }
 
+/// A write transaction on the writer's connection; dropped without `commit`, it is rolled back
+/// by the next user of the connection (see [`Writer::ready`]).
 struct SqliteLedgerTx {
-    tx: sqlx::Transaction<'static, Sqlite>,
+    writer: OwnedMutexGuard<Writer>,
     checkpointer: Arc<Checkpointer>,
+}
+
+impl SqliteLedgerTx {
+    fn conn(&mut self) -> StoreResult<&mut SqliteConnection> {
+        self.writer
+            .conn
+            .as_mut()
+            .ok_or_else(|| StoreError::Unavailable("the store is closed".into()))
+    }
 }
 
 #[async_trait]
@@ -515,7 +594,7 @@ impl LedgerTx for SqliteLedgerTx {
                  ON i.api_key_id = k.value ->> 0 AND i.key = k.value ->> 1",
         )
         .bind(pairs)
-        .fetch_all(&mut *self.tx)
+        .fetch_all(self.conn()?)
         .await
         .map_err(classify)?
         .iter()
@@ -537,7 +616,7 @@ impl LedgerTx for SqliteLedgerTx {
                 " FROM transactions WHERE id IN (SELECT value FROM json_each(?1))"
             ))
             .bind(id_list(transaction_ids)?)
-            .fetch_all(&mut *self.tx)
+            .fetch_all(self.conn()?)
             .await
             .map_err(classify)?
             .iter()
@@ -558,7 +637,7 @@ impl LedgerTx for SqliteLedgerTx {
             " FROM transfers WHERE id IN (SELECT value FROM json_each(?1))"
         ))
         .bind(&wanted)
-        .fetch_all(&mut *self.tx)
+        .fetch_all(self.conn()?)
         .await
         .map_err(classify)?
         .iter()
@@ -571,7 +650,7 @@ impl LedgerTx for SqliteLedgerTx {
              WHERE transfer_id IS NOT NULL AND transfer_id IN (SELECT value FROM json_each(?1))"
         ))
         .bind(&wanted)
-        .fetch_all(&mut *self.tx)
+        .fetch_all(self.conn()?)
         .await
         .map_err(classify)?;
         for row in &legs {
@@ -596,7 +675,7 @@ impl LedgerTx for SqliteLedgerTx {
             " FROM accounts WHERE id IN (SELECT value FROM json_each(?1)) ORDER BY id"
         ))
         .bind(id_list(ids)?)
-        .fetch_all(&mut *self.tx)
+        .fetch_all(self.conn()?)
         .await
         .map_err(classify)?
         .iter()
@@ -611,7 +690,7 @@ impl LedgerTx for SqliteLedgerTx {
                FROM api_keys WHERE id IN (SELECT value FROM json_each(?1))",
         )
         .bind(id_list(ids)?)
-        .fetch_all(&mut *self.tx)
+        .fetch_all(self.conn()?)
         .await
         .map_err(classify)?
         {
@@ -626,7 +705,7 @@ impl LedgerTx for SqliteLedgerTx {
                    FROM api_keys WHERE secret_hash = ?1",
             )
             .bind(hash.as_slice())
-            .fetch_optional(&mut *self.tx)
+            .fetch_optional(self.conn()?)
             .await
             .map_err(classify)?
             {
@@ -637,7 +716,7 @@ impl LedgerTx for SqliteLedgerTx {
             }
         }
         let any = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM api_keys)")
-            .fetch_one(&mut *self.tx)
+            .fetch_one(self.conn()?)
             .await
             .map_err(classify)?;
         Ok(KeyRefs { keys, any })
@@ -647,7 +726,7 @@ impl LedgerTx for SqliteLedgerTx {
         sqlx::query_as::<_, (i64, String)>(
             "SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1",
         )
-        .fetch_optional(&mut *self.tx)
+        .fetch_optional(self.conn()?)
         .await
         .map_err(classify)
         .map(|head| head.map(|(seq, hash)| ChainHead { seq, hash }))
@@ -661,7 +740,7 @@ impl LedgerTx for SqliteLedgerTx {
               WHERE account_number IN (SELECT value FROM json_each(?1))",
         )
         .bind(numbers)
-        .fetch_all(&mut *self.tx)
+        .fetch_all(self.conn()?)
         .await
         .map_err(classify)?
         .iter()
@@ -675,19 +754,23 @@ impl LedgerTx for SqliteLedgerTx {
         idempotency: &[IdempotencyRecord],
         audit: &[AuditEvent],
     ) -> StoreResult<()> {
-        rows::write_changes(&mut self.tx, changes, idempotency).await?;
+        rows::write_changes(self.conn()?, changes, idempotency).await?;
         if !audit.is_empty() {
-            rows::append_audit(&mut self.tx, audit).await?;
+            rows::append_audit(self.conn()?, audit).await?;
         }
         Ok(())
     }
 
     async fn append_audit(&mut self, events: &[AuditEvent]) -> StoreResult<()> {
-        rows::append_audit(&mut self.tx, events).await
+        rows::append_audit(self.conn()?, events).await
     }
 
-    async fn commit(self: Box<Self>) -> StoreResult<()> {
-        self.tx.commit().await.map_err(classify)?;
+    async fn commit(mut self: Box<Self>) -> StoreResult<()> {
+        sqlx::query("COMMIT")
+            .execute(self.conn()?)
+            .await
+            .map_err(classify)?;
+        self.writer.open = false;
         self.checkpointer.committed();
         Ok(())
     }

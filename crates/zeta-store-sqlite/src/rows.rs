@@ -1,7 +1,7 @@
 //! Encodings, row mapping and the batched writes of the ledger engine.
 
 use serde_json::Value;
-use sqlx::sqlite::SqliteRow;
+use sqlx::sqlite::{SqliteConnection, SqliteRow};
 use sqlx::{QueryBuilder, Row, Sqlite};
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -258,7 +258,7 @@ fn opt_micros(at: Option<OffsetDateTime>) -> StoreResult<Option<i64>> {
 /// Runs one multi-row INSERT per chunk of [`ROWS_PER_STATEMENT`] rows. The statement text depends
 /// on the chunk's length, so it is not kept in the connection's statement cache.
 async fn insert_chunks<T>(
-    tx: &mut sqlx::Transaction<'static, Sqlite>,
+    tx: &mut SqliteConnection,
     head: &'static str,
     items: &[T],
     push: impl Fn(&mut sqlx::query_builder::Separated<'_, Sqlite, &'static str>, &T),
@@ -268,7 +268,7 @@ async fn insert_chunks<T>(
         q.push_values(chunk, |mut b, item| push(&mut b, item));
         q.build()
             .persistent(false)
-            .execute(&mut **tx)
+            .execute(&mut *tx)
             .await
             .map_err(classify)?;
     }
@@ -304,7 +304,7 @@ struct IdempotencyRow<'a> {
 /// Writes a batch: one multi-row INSERT per table (chunked under SQLite's parameter limit) and
 /// one prepared UPDATE per changed row, all inside the caller's transaction.
 pub(crate) async fn write_changes(
-    tx: &mut sqlx::Transaction<'static, Sqlite>,
+    tx: &mut SqliteConnection,
     c: &Changes,
     idempotency: &[IdempotencyRecord],
 ) -> StoreResult<()> {
@@ -370,7 +370,7 @@ pub(crate) async fn write_changes(
               WHERE accounts.id = u.value ->> 0",
         )
         .bind(rows.as_str())
-        .execute(&mut **tx)
+        .execute(&mut *tx)
         .await
         .map_err(classify)?;
         // `status` is indexed, and SQLite rewrites the index entry of every row whose UPDATE
@@ -382,7 +382,7 @@ pub(crate) async fn write_changes(
               WHERE accounts.id = u.value ->> 0 AND accounts.status <> u.value ->> 4",
         )
         .bind(rows.as_str())
-        .execute(&mut **tx)
+        .execute(&mut *tx)
         .await
         .map_err(classify)?;
     }
@@ -432,7 +432,7 @@ pub(crate) async fn write_changes(
         .bind(t.status.as_str())
         .bind(t.reversed_by_id.map(id))
         .bind(micros_of(t.updated_at)?)
-        .execute(&mut **tx)
+        .execute(&mut *tx)
         .await
         .map_err(classify)?;
     }
@@ -492,7 +492,7 @@ pub(crate) async fn write_changes(
         .bind(t.failure_reason.map(|f| f.as_str()))
         .bind(opt_micros(t.posted_at)?)
         .bind(micros_of(t.updated_at)?)
-        .execute(&mut **tx)
+        .execute(&mut *tx)
         .await
         .map_err(classify)?;
     }
@@ -507,7 +507,7 @@ pub(crate) async fn write_changes(
         .bind(key.account_ids.as_deref().map(id_list).transpose()?)
         .bind(hash.as_slice())
         .bind(micros_of(key.created_at)?)
-        .execute(&mut **tx)
+        .execute(&mut *tx)
         .await
         .map_err(classify)?;
     }
@@ -515,7 +515,7 @@ pub(crate) async fn write_changes(
         sqlx::query("UPDATE api_keys SET revoked_at = ?2 WHERE id = ?1")
             .bind(id(key.id))
             .bind(opt_micros(key.revoked_at)?)
-            .execute(&mut **tx)
+            .execute(&mut *tx)
             .await
             .map_err(classify)?;
     }
@@ -551,7 +551,7 @@ pub(crate) async fn write_changes(
 
 /// Appends sealed audit events.
 pub(crate) async fn append_audit(
-    tx: &mut sqlx::Transaction<'static, Sqlite>,
+    tx: &mut SqliteConnection,
     events: &[AuditEvent],
 ) -> StoreResult<()> {
     if !events.is_empty() {

@@ -984,6 +984,51 @@ async fn close_folds_the_wal_into_the_database_file() {
     assert_eq!(written.accounts.len(), 5);
 }
 
+/// A transaction dropped without COMMIT leaves nothing behind: the writer's next user (a batch,
+/// the idempotency purge) rolls it back first instead of committing its rows with its own.
+#[tokio::test]
+async fn a_dropped_write_transaction_is_rolled_back_before_the_next_write() {
+    let db = TempDb::new();
+    let store = open(&db).await;
+    let mut w = Written::default();
+    let kept = account_of(run_one(&store, &mut w, new_account(None, "Kept", "USD")).await);
+    let mut dropped = kept.clone();
+    dropped.id = Uuid::now_v7();
+    dropped.account_number = "DROPPED01".into();
+    for next in ["purge", "batch"] {
+        let mut tx = store.begin().await.unwrap();
+        let changes = Changes {
+            new_accounts: vec![dropped.clone()],
+            ..Changes::default()
+        };
+        tx.write(&changes, &[], &[]).await.unwrap();
+        drop(tx);
+        if next == "purge" {
+            assert_eq!(
+                store
+                    .purge_expired(OffsetDateTime::now_utc())
+                    .await
+                    .unwrap(),
+                0
+            );
+        } else {
+            run_one(&store, &mut w, new_account(None, "After", "USD"))
+                .await
+                .unwrap();
+        }
+        assert_eq!(
+            store.get_account(dropped.id).await.unwrap(),
+            None,
+            "after the {next}"
+        );
+    }
+    store.close().await;
+    let store = open(&db).await;
+    assert_eq!(store.get_account(dropped.id).await.unwrap(), None);
+    assert_stored(&store, &w).await;
+    assert_eq!(w.accounts.len(), 2);
+}
+
 /// The outcome of one command run through an engine.
 async fn outcome_of(engine: &Engine, command: Command) -> Outcome {
     match engine.submit(env(command), None).await.expect("engine") {
