@@ -109,8 +109,8 @@ pub struct SqliteStore {
 struct Writer {
     /// `None` once the store is closed.
     conn: Option<SqliteConnection>,
-    /// A transaction was begun and neither committed nor rolled back (its `LedgerTx` was
-    /// dropped): the next user rolls it back first.
+    /// A transaction was begun and is neither committed nor rolled back yet (its `LedgerTx`
+    /// was dropped): the next user rolls it back first.
     open: bool,
     options: SqliteConnectOptions,
 }
@@ -331,7 +331,7 @@ impl Store for SqliteStore {
             .map_err(classify)?;
         writer.open = true;
         Ok(Box::new(SqliteLedgerTx {
-            writer,
+            writer: Some(writer),
             checkpointer: Arc::clone(&self.checkpointer),
         }))
     }
@@ -561,19 +561,34 @@ impl Store for SqliteStore {
     }
 }
 
-/// A write transaction on the writer's connection; dropped without `commit`, it is rolled back
-/// by the next user of the connection (see [`Writer::ready`]).
+/// A write transaction on the writer's connection. Dropped without `commit`, it is rolled back
+/// at once by a task that holds the connection until then (or, outside a runtime, by the
+/// connection's next user: see [`Writer::ready`]), so SQLite's write lock is not kept.
 struct SqliteLedgerTx {
-    writer: OwnedMutexGuard<Writer>,
+    /// `Some` until dropped.
+    writer: Option<OwnedMutexGuard<Writer>>,
     checkpointer: Arc<Checkpointer>,
 }
 
 impl SqliteLedgerTx {
     fn conn(&mut self) -> StoreResult<&mut SqliteConnection> {
         self.writer
-            .conn
             .as_mut()
+            .and_then(|w| w.conn.as_mut())
             .ok_or_else(|| StoreError::Unavailable("the store is closed".into()))
+    }
+}
+
+impl Drop for SqliteLedgerTx {
+    fn drop(&mut self) {
+        if let Some(mut writer) = self.writer.take()
+            && writer.open
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(async move {
+                let _ = writer.ready().await;
+            });
+        }
     }
 }
 
@@ -770,7 +785,9 @@ impl LedgerTx for SqliteLedgerTx {
             .execute(self.conn()?)
             .await
             .map_err(classify)?;
-        self.writer.open = false;
+        if let Some(writer) = self.writer.as_mut() {
+            writer.open = false;
+        }
         self.checkpointer.committed();
         Ok(())
     }

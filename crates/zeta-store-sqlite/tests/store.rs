@@ -984,8 +984,8 @@ async fn close_folds_the_wal_into_the_database_file() {
     assert_eq!(written.accounts.len(), 5);
 }
 
-/// A transaction dropped without COMMIT leaves nothing behind: the writer's next user (a batch,
-/// the idempotency purge) rolls it back first instead of committing its rows with its own.
+/// A transaction dropped without COMMIT leaves nothing behind and does not keep SQLite's write
+/// lock; its rows are never committed with a later write (a batch, the idempotency purge).
 #[tokio::test]
 async fn a_dropped_write_transaction_is_rolled_back_before_the_next_write() {
     let db = TempDb::new();
@@ -1003,6 +1003,24 @@ async fn a_dropped_write_transaction_is_rolled_back_before_the_next_write() {
         };
         tx.write(&changes, &[], &[]).await.unwrap();
         drop(tx);
+        // SQLite's write lock is released at once: another process can write.
+        let other = SqliteStore::open(
+            &db.url(),
+            &SqliteSettings {
+                busy_timeout: Duration::from_millis(500),
+                ..SqliteSettings::default()
+            },
+        )
+        .await
+        .unwrap();
+        other
+            .begin()
+            .await
+            .expect("the write lock is free")
+            .commit()
+            .await
+            .unwrap();
+        other.close().await;
         if next == "purge" {
             assert_eq!(
                 store
