@@ -107,41 +107,41 @@ pub struct SqliteStore {
 /// next BEGIN (about 0.5 ms per transaction under load).
 #[derive(Debug)]
 struct Writer {
-    /// `None` once the store is closed.
+    /// `None` until (re)connected by [`Writer::ready`].
     conn: Option<SqliteConnection>,
     /// A transaction was begun and is neither committed nor rolled back yet (its `LedgerTx`
     /// was dropped): the next user rolls it back first.
     open: bool,
+    closed: bool,
     options: SqliteConnectOptions,
 }
 
 impl Writer {
     /// The connection, outside any transaction: rolls back what a dropped transaction left
-    /// open, and connects again if that fails.
+    /// open, and connects (again) when there is no usable connection.
     async fn ready(&mut self) -> StoreResult<&mut SqliteConnection> {
-        if self.conn.is_none() {
+        if self.closed {
             return Err(StoreError::Unavailable("the store is closed".into()));
         }
-        if self.open {
-            let rolled_back = match self.conn.as_mut() {
-                Some(conn) => sqlx::query("ROLLBACK").execute(&mut *conn).await.is_ok(),
-                None => false,
-            };
-            if !rolled_back {
-                if let Some(conn) = self.conn.take() {
-                    let _ = conn.close().await;
+        let mut conn = self.conn.take();
+        if std::mem::take(&mut self.open)
+            && let Some(mut open) = conn.take()
+        {
+            match sqlx::query("ROLLBACK").execute(&mut open).await {
+                Ok(_) => conn = Some(open),
+                // In an unknown state: replaced below.
+                Err(_) => {
+                    let _ = open.close().await;
                 }
-                self.conn = Some(
-                    SqliteConnection::connect_with(&self.options)
-                        .await
-                        .map_err(classify)?,
-                );
             }
-            self.open = false;
         }
-        self.conn
-            .as_mut()
-            .ok_or_else(|| StoreError::Unavailable("the store is closed".into()))
+        let conn = match conn {
+            Some(conn) => conn,
+            None => SqliteConnection::connect_with(&self.options)
+                .await
+                .map_err(classify)?,
+        };
+        Ok(self.conn.insert(conn))
     }
 }
 
@@ -238,15 +238,13 @@ impl SqliteStore {
         // another connection wrote since its last transaction: with the writes spread over the
         // pool, every write transaction started cold, and every connection kept a writer's
         // worth of memory.
-        let writer = Writer {
-            conn: Some(
-                SqliteConnection::connect_with(&options)
-                    .await
-                    .map_err(classify)?,
-            ),
+        let mut writer = Writer {
+            conn: None,
             open: false,
+            closed: false,
             options: options.clone(),
         };
+        writer.ready().await?;
         let checkpointer =
             Arc::new(Checkpointer::start(&options, settings.wal_restart_frames).await?);
         Ok(Self {
@@ -312,8 +310,8 @@ impl Store for SqliteStore {
     async fn close(&self) {
         self.pool.close().await;
         let mut writer = self.writer.lock().await;
-        // Rolls back what a dropped transaction left open.
-        let _ = writer.ready().await;
+        writer.closed = true;
+        // Closing rolls back what a dropped transaction left open.
         if let Some(conn) = writer.conn.take() {
             let _ = conn.close().await;
         }

@@ -301,8 +301,9 @@ struct IdempotencyRow<'a> {
     created_at: i64,
 }
 
-/// Writes a batch: one multi-row INSERT per table (chunked under SQLite's parameter limit) and
-/// one prepared UPDATE per changed row, all inside the caller's transaction.
+/// Writes a batch: multi-row INSERTs and JSON-array UPDATEs of accounts of at most
+/// [`ROWS_PER_STATEMENT`] rows each, and one prepared UPDATE per other changed row, all inside
+/// the caller's transaction.
 pub(crate) async fn write_changes(
     tx: &mut SqliteConnection,
     c: &Changes,
