@@ -1,6 +1,6 @@
 //! `zeta verify` on PostgreSQL: every invariant of the API recomputed in SQL on one snapshot.
 
-use sqlx::Row;
+use sqlx::{AssertSqlSafe, ConnectOptions, Connection, Executor, PgConnection, Row};
 use zeta_ledger::audit::{ChainHead, check_chain};
 use zeta_store::{StoreResult, VerifyReport};
 
@@ -67,9 +67,26 @@ const CHECKS: &[(&str, &str)] = &[
 const AUDIT_PAGE: u32 = 10_000;
 
 pub(crate) async fn run(store: &PgStore) -> StoreResult<VerifyReport> {
-    let mut tx = store
+    // The checks read whole tables, so they outlast any statement timeout meant for the API's
+    // statements and would each log a slow-statement warning: they run on a connection of
+    // their own, without either.
+    let options = store.options.clone().disable_statement_logging();
+    let mut conn = PgConnection::connect_with(&options)
+        .await
+        .map_err(classify)?;
+    let mut tx = conn
         .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        .await?;
+        .await
+        .map_err(classify)?;
+    if !store.set_local.is_empty() {
+        // Behind a transaction pooler the lock timeout comes with every BEGIN (see `connect`).
+        tx.execute(AssertSqlSafe(store.set_local.clone()))
+            .await
+            .map_err(classify)?;
+    }
+    tx.execute("SET LOCAL statement_timeout = 0")
+        .await
+        .map_err(classify)?;
     let totals = store
         .query(
             "SELECT (SELECT count(*) FROM accounts), (SELECT count(*) FROM transactions),
@@ -119,5 +136,6 @@ pub(crate) async fn run(store: &PgStore) -> StoreResult<VerifyReport> {
         }
     }
     tx.commit().await.map_err(classify)?;
+    conn.close().await.map_err(classify)?;
     Ok(report)
 }

@@ -534,7 +534,7 @@ impl Store for SqliteStore {
     }
 
     async fn verify(&self) -> StoreResult<VerifyReport> {
-        verify::run(&self.pool).await
+        verify::run(&self.pool.connect_options()).await
     }
 
     async fn purge_expired(&self, before: OffsetDateTime) -> StoreResult<u64> {

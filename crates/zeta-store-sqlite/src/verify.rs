@@ -8,7 +8,8 @@
 //! the i64 range makes SQLite fall back to floating point, which still compares unequal to any
 //! stored balance.
 
-use sqlx::{Row, SqlitePool};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
+use sqlx::{ConnectOptions, Connection, Row};
 use zeta_ledger::audit::{ChainHead, check_chain};
 use zeta_store::{StoreResult, VerifyReport};
 
@@ -79,9 +80,15 @@ const CHECKS: &[(&str, &str)] = &[
 /// Audit events checked per round trip.
 const AUDIT_PAGE: u32 = 10_000;
 
-pub(crate) async fn run(pool: &SqlitePool) -> StoreResult<VerifyReport> {
+pub(crate) async fn run(options: &SqliteConnectOptions) -> StoreResult<VerifyReport> {
+    // The checks read whole tables: on a connection of their own, so no reader of the API waits
+    // for them, and without sqlx's slow-statement warnings.
+    let options = options.clone().disable_statement_logging();
+    let mut conn = SqliteConnection::connect_with(&options)
+        .await
+        .map_err(classify)?;
     // A deferred transaction: its first read fixes the snapshot every later check sees.
-    let mut tx = pool.begin().await.map_err(classify)?;
+    let mut tx = conn.begin().await.map_err(classify)?;
     let totals = sqlx::query(
         "SELECT (SELECT count(*) FROM accounts), (SELECT count(*) FROM transactions),
                 (SELECT COALESCE(SUM(balance >> 32), 0) FROM accounts),
@@ -128,5 +135,6 @@ pub(crate) async fn run(pool: &SqlitePool) -> StoreResult<VerifyReport> {
         }
     }
     tx.commit().await.map_err(classify)?;
+    conn.close().await.map_err(classify)?;
     Ok(report)
 }

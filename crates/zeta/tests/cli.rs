@@ -91,6 +91,60 @@ async fn migrate_then_verify_clean_then_broken() {
     );
 }
 
+/// `verify` reads whole tables: its checks are not cut off by the statement timeout meant for
+/// the API's statements (here 20 ms against checks over 300 000 rows).
+#[tokio::test]
+async fn verify_outlasts_the_statement_timeout() {
+    let db = TestDb::create().await;
+    assert!(zeta(&db, &["migrate"]).status.success());
+    let mut conn = db.connect().await;
+    let mut tx = conn.begin().await.expect("begin");
+    let account = uuid::Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO accounts (id, account_number, owner_name, currency, created_at, updated_at)
+         VALUES ($1, 'ACCT0001', 'A', 'USD', now(), now())",
+    )
+    .persistent(false)
+    .bind(account)
+    .execute(&mut *tx)
+    .await
+    .expect("account");
+    // Declined debits: rows every check reads, none that moves the balance.
+    sqlx::query(
+        "INSERT INTO transactions (id, account_id, seq, type, amount, currency, status,
+                                   failure_reason, created_at, updated_at)
+         SELECT gen_random_uuid(), $1, n, 'debit', 1, 'USD', 'failed', 'insufficient_funds',
+                now(), now()
+           FROM generate_series(1, 300000) AS n",
+    )
+    .persistent(false)
+    .bind(account)
+    .execute(&mut *tx)
+    .await
+    .expect("transactions");
+    tx.commit().await.expect("commit");
+
+    let out = Command::new(env!("CARGO_BIN_EXE_zeta"))
+        .arg("verify")
+        .env("DATABASE_URL", &db.url)
+        .env("ZETA_DB_STATEMENT_TIMEOUT_MS", "20")
+        .env("ZETA_LOG_FORMAT", "text")
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run zeta");
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{report}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        report.contains("checked 1 accounts, 300000 transactions and 0 audit events"),
+        "{report}"
+    );
+}
+
 #[tokio::test]
 async fn verify_names_the_first_tampered_audit_event() {
     let db = TestDb::create().await;
