@@ -171,7 +171,7 @@ type KeyAnswer = oneshot::Sender<StoreResult<Option<ApiKeyRecord>>>;
 /// revoked before a request arrives is refused on every instance.
 ///
 /// One query at a time coalesces the most: with four at once each query carried about three
-/// requests and the server did 3–12 % fewer transfers per second (README "Performance").
+/// requests and the server did 3–12 % fewer transfers per second (`docs/performance.md`).
 pub struct KeyLookups {
     queue: mpsc::UnboundedSender<(Vec<u8>, KeyAnswer)>,
 }

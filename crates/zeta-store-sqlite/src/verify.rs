@@ -81,8 +81,8 @@ const CHECKS: &[(&str, &str)] = &[
 const AUDIT_PAGE: u32 = 10_000;
 
 pub(crate) async fn run(options: &SqliteConnectOptions) -> StoreResult<VerifyReport> {
-    // The checks read whole tables: on a connection of their own, so no reader of the API waits
-    // for them, and without sqlx's slow-statement warnings.
+    // The checks read whole tables: on a connection of their own (none of the pool's readers is
+    // held for that long), without sqlx's slow-statement warnings.
     let options = options.clone().disable_statement_logging();
     let mut conn = SqliteConnection::connect_with(&options)
         .await

@@ -113,7 +113,7 @@ pub const PG_MAX_CONNECTIONS: u32 = 16;
 /// thread of its own, and glibc gives each thread its own malloc arena that keeps what it
 /// freed: 16 connections kept the server at 130–140 MB, six at 95–112 MB once the batch
 /// endpoint had run while every connection could write. Since writes have a connection of
-/// their own, five peak at 62–66 MB (README "Performance").
+/// their own, five peak at 62–66 MB (`docs/performance.md`).
 pub const SQLITE_MAX_CONNECTIONS: u32 = 5;
 
 impl Settings {
