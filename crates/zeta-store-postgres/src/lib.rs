@@ -35,8 +35,8 @@ use uuid::Uuid;
 use zeta_ledger::audit::{AuditEvent, ChainHead};
 use zeta_ledger::{Account, Changes, Transaction, Transfer, TransferView};
 use zeta_store::{
-    AccountFilter, ApiKeyRecord, IdempotencyRecord, KeyRefs, LedgerTx, Store, StoreError,
-    StoreResult, TransactionFilter, VerifyReport,
+    AccountFilter, ApiKeyRecord, IdempotencyRecord, KeyRefs, LedgerTx, PURGE_CHUNK, Store,
+    StoreError, StoreResult, TransactionFilter, VerifyReport,
 };
 
 use rows::{account_from_row, idempotency_from_row, transaction_from_row, transfer_from_row};
@@ -710,23 +710,35 @@ impl Store for PgStore {
     }
 
     async fn purge_expired(&self, before: OffsetDateTime) -> StoreResult<u64> {
-        let mut c = self.single().await?;
-        let keys = self
-            .query("DELETE FROM idempotency_keys WHERE created_at < $1")
-            .bind(before)
-            .execute(c.conn())
-            .await
-            .map_err(classify)?
-            .rows_affected();
-        let batches = self
-            .query("DELETE FROM ledger_commits WHERE created_at < $1")
-            .bind(before)
-            .execute(c.conn())
-            .await
-            .map_err(classify)?
-            .rows_affected();
-        c.done().await?;
-        Ok(keys + batches)
+        // Oldest first through the `created_at` indexes, one chunk per statement (and per
+        // transaction behind a pooler).
+        const PURGES: [&str; 2] = [
+            "DELETE FROM idempotency_keys WHERE (api_key_id, key) IN (
+               SELECT api_key_id, key FROM idempotency_keys WHERE created_at < $1
+                ORDER BY created_at LIMIT $2)",
+            "DELETE FROM ledger_commits WHERE id IN (
+               SELECT id FROM ledger_commits WHERE created_at < $1 ORDER BY created_at LIMIT $2)",
+        ];
+        let mut deleted = 0;
+        for sql in PURGES {
+            loop {
+                let mut c = self.single().await?;
+                let n = self
+                    .query(sql)
+                    .bind(before)
+                    .bind(PURGE_CHUNK)
+                    .execute(c.conn())
+                    .await
+                    .map_err(classify)?
+                    .rows_affected();
+                c.done().await?;
+                deleted += n;
+                if n < PURGE_CHUNK.unsigned_abs() {
+                    break;
+                }
+            }
+        }
+        Ok(deleted)
     }
 
     fn pool_stats(&self) -> (u32, u32) {

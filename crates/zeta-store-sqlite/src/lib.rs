@@ -59,8 +59,8 @@ use uuid::Uuid;
 use zeta_ledger::audit::{AuditEvent, ChainHead};
 use zeta_ledger::{Account, Changes, Transaction, Transfer, TransferView};
 use zeta_store::{
-    AccountFilter, ApiKeyRecord, IdempotencyRecord, KeyRefs, LedgerTx, Store, StoreError,
-    StoreResult, TransactionFilter, VerifyReport,
+    AccountFilter, ApiKeyRecord, IdempotencyRecord, KeyRefs, LedgerTx, PURGE_CHUNK, Store,
+    StoreError, StoreResult, TransactionFilter, VerifyReport,
 };
 
 use checkpoint::Checkpointer;
@@ -538,13 +538,26 @@ impl Store for SqliteStore {
     }
 
     async fn purge_expired(&self, before: OffsetDateTime) -> StoreResult<u64> {
-        let deleted = sqlx::query("DELETE FROM idempotency_keys WHERE created_at < ?")
+        // One chunk per statement, each on the writer's connection on its own: engine batches
+        // take their turns between the chunks instead of waiting for the whole backlog.
+        let mut deleted = 0;
+        loop {
+            let n = sqlx::query(
+                "DELETE FROM idempotency_keys WHERE (api_key_id, key) IN (
+                   SELECT api_key_id, key FROM idempotency_keys WHERE created_at < ?
+                    ORDER BY created_at LIMIT ?)",
+            )
             .bind(rows::micros_bound(before))
+            .bind(PURGE_CHUNK)
             .execute(self.writer().await?.ready().await?)
             .await
             .map_err(classify)?
             .rows_affected();
-        Ok(deleted)
+            deleted += n;
+            if n < PURGE_CHUNK.unsigned_abs() {
+                return Ok(deleted);
+            }
+        }
     }
 
     fn pool_stats(&self) -> (u32, u32) {

@@ -16,7 +16,8 @@ use zeta_ledger::{
     TransactionType, Transfer, TransferSpec, TransferStatus, Working, now_micros,
 };
 use zeta_store::{
-    AccountFilter, ApiKeyRecord, IdempotencyRecord, Store, StoreError, TransactionFilter,
+    AccountFilter, ApiKeyRecord, IdempotencyRecord, PURGE_CHUNK, Store, StoreError,
+    TransactionFilter,
 };
 use zeta_store_sqlite::{SqliteSettings, SqliteStore};
 
@@ -781,6 +782,48 @@ async fn idempotency_records_round_trip_and_conflict() {
         store.get_idempotency(scope, "key-a").await.unwrap(),
         Some(a)
     );
+}
+
+/// The purge deletes a backlog of several chunks ([`PURGE_CHUNK`] rows per statement, the writer
+/// released between them) and nothing younger than the cut-off.
+#[tokio::test]
+async fn a_backlog_of_idempotency_keys_is_purged_in_chunks() {
+    let db = TempDb::new();
+    let store = open(&db).await;
+    let scope = Uuid::now_v7();
+    let record = |key: String, age: Duration| IdempotencyRecord {
+        scope,
+        key,
+        request_hash: vec![1],
+        status: 201,
+        body: b"{}".to_vec(),
+        created_at: now_micros() - age,
+    };
+    let expired = usize::try_from(2 * PURGE_CHUNK + 500).unwrap();
+    let old = Duration::from_secs(72 * 3600);
+    let mut records: Vec<IdempotencyRecord> = (0..expired)
+        .map(|i| record(format!("old-{i}"), old))
+        .collect();
+    records.extend((0..5).map(|i| record(format!("new-{i}"), Duration::from_secs(3600))));
+    let mut tx = store.begin().await.unwrap();
+    tx.write(&Changes::default(), &records, &[]).await.unwrap();
+    tx.commit().await.unwrap();
+
+    let before = OffsetDateTime::now_utc() - Duration::from_secs(48 * 3600);
+    assert_eq!(
+        store.purge_expired(before).await.unwrap(),
+        u64::try_from(expired).unwrap()
+    );
+    assert_eq!(store.get_idempotency(scope, "old-0").await.unwrap(), None);
+    assert_eq!(
+        store.get_idempotency(scope, "old-2499").await.unwrap(),
+        None
+    );
+    for i in 0..5 {
+        let key = format!("new-{i}");
+        assert!(store.get_idempotency(scope, &key).await.unwrap().is_some());
+    }
+    assert_eq!(store.purge_expired(before).await.unwrap(), 0);
 }
 
 #[tokio::test]

@@ -90,6 +90,9 @@ pub struct VerifyReport {
     pub problems: Vec<String>,
 }
 
+/// Rows deleted per statement by [`Store::purge_expired`].
+pub const PURGE_CHUNK: i64 = 1_000;
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Applies pending migrations.
@@ -157,6 +160,8 @@ pub trait Store: Send + Sync + 'static {
     }
 
     /// Deletes idempotency records and batch markers created before `before`; returns how many.
+    /// At most [`PURGE_CHUNK`] rows per statement, each committed on its own, so a backlog of
+    /// any size is purged without outlasting the statement timeout or holding up writes.
     async fn purge_expired(&self, _before: OffsetDateTime) -> StoreResult<u64> {
         Ok(0)
     }

@@ -9,6 +9,7 @@ mod faults;
 mod holds;
 mod idempotency;
 mod instances;
+mod maintenance;
 mod money;
 mod operations;
 mod schema;
