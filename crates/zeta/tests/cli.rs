@@ -6,11 +6,16 @@ use sqlx::Connection;
 use zeta_testkit::TestDb;
 
 fn zeta(db: &TestDb, args: &[&str]) -> std::process::Output {
+    zeta_with(db, args, &[])
+}
+
+fn zeta_with(db: &TestDb, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_zeta"))
         .args(args)
         .env("DATABASE_URL", &db.url)
         .env("ZETA_LOG_FORMAT", "text")
         .env("RUST_LOG", "warn")
+        .envs(env.iter().copied())
         .output()
         .expect("run zeta")
 }
@@ -124,14 +129,7 @@ async fn verify_outlasts_the_statement_timeout() {
     .expect("transactions");
     tx.commit().await.expect("commit");
 
-    let out = Command::new(env!("CARGO_BIN_EXE_zeta"))
-        .arg("verify")
-        .env("DATABASE_URL", &db.url)
-        .env("ZETA_DB_STATEMENT_TIMEOUT_MS", "20")
-        .env("ZETA_LOG_FORMAT", "text")
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("run zeta");
+    let out = zeta_with(&db, &["verify"], &[("ZETA_DB_STATEMENT_TIMEOUT_MS", "20")]);
     let report = String::from_utf8_lossy(&out.stdout);
     assert_eq!(
         out.status.code(),
