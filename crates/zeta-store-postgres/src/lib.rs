@@ -710,30 +710,50 @@ impl Store for PgStore {
     }
 
     async fn purge_expired(&self, before: OffsetDateTime) -> StoreResult<u64> {
-        // Oldest first through the `created_at` indexes, one chunk per statement (and per
-        // transaction behind a pooler).
+        // Oldest first through the `created_at` indexes, one chunk per transaction. Each chunk
+        // starts where the last one ended: while an older snapshot is open (a `verify`, a
+        // backup) the deleted entries stay in the index, and starting from the oldest every time
+        // would walk past all of them again. The scans are pinned to that index, as in the
+        // engine's transactions: with statistics not yet gathered for a fresh backlog the
+        // planner would read every expired row to sort them instead.
         const PURGES: [&str; 2] = [
-            "DELETE FROM idempotency_keys WHERE (api_key_id, key) IN (
-               SELECT api_key_id, key FROM idempotency_keys WHERE created_at < $1
-                ORDER BY created_at LIMIT $2)",
-            "DELETE FROM ledger_commits WHERE id IN (
-               SELECT id FROM ledger_commits WHERE created_at < $1 ORDER BY created_at LIMIT $2)",
+            "WITH gone AS (
+               DELETE FROM idempotency_keys WHERE (api_key_id, key) IN (
+                 SELECT api_key_id, key FROM idempotency_keys
+                  WHERE created_at >= COALESCE($1, '-infinity') AND created_at < $2
+                  ORDER BY created_at LIMIT $3)
+               RETURNING created_at)
+             SELECT count(*), max(created_at) FROM gone",
+            "WITH gone AS (
+               DELETE FROM ledger_commits WHERE id IN (
+                 SELECT id FROM ledger_commits
+                  WHERE created_at >= COALESCE($1, '-infinity') AND created_at < $2
+                  ORDER BY created_at LIMIT $3)
+               RETURNING created_at)
+             SELECT count(*), max(created_at) FROM gone",
         ];
         let mut deleted = 0;
         for sql in PURGES {
+            let mut from: Option<OffsetDateTime> = None;
             loop {
-                let mut c = self.single().await?;
-                let n = self
+                let mut tx = self
+                    .begin_with(
+                        "BEGIN; SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off",
+                    )
+                    .await?;
+                let row = self
                     .query(sql)
+                    .bind(from)
                     .bind(before)
                     .bind(PURGE_CHUNK)
-                    .execute(c.conn())
+                    .fetch_one(&mut *tx)
                     .await
-                    .map_err(classify)?
-                    .rows_affected();
-                c.done().await?;
-                deleted += n;
-                if n < PURGE_CHUNK.unsigned_abs() {
+                    .map_err(classify)?;
+                tx.commit().await.map_err(classify)?;
+                let n: i64 = row.try_get(0).map_err(classify)?;
+                deleted += n.unsigned_abs();
+                from = row.try_get(1).map_err(classify)?;
+                if n < PURGE_CHUNK {
                     break;
                 }
             }

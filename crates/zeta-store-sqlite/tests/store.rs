@@ -784,8 +784,8 @@ async fn idempotency_records_round_trip_and_conflict() {
     );
 }
 
-/// The purge deletes a backlog of several chunks ([`PURGE_CHUNK`] rows per statement, the writer
-/// released between them) and nothing younger than the cut-off.
+/// A backlog of several chunks ([`PURGE_CHUNK`] rows per statement) is purged completely in one
+/// call, and nothing younger than the cut-off.
 #[tokio::test]
 async fn a_backlog_of_idempotency_keys_is_purged_in_chunks() {
     let db = TempDb::new();
