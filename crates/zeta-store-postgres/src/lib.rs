@@ -324,14 +324,20 @@ impl PgStore {
         pool: &PgPool,
         head: &'static str,
     ) -> StoreResult<sqlx::Transaction<'static, Postgres>> {
-        let begun = if self.set_local.is_empty() {
-            pool.begin_with(head).await
+        pool.begin_with(AssertSqlSafe(self.begin_statement(head)))
+            .await
+            .map_err(classify)
+    }
+
+    /// `head` (a BEGIN), then the timeouts behind a transaction pooler, which takes them with
+    /// every transaction rather than from the startup options.
+    pub(crate) fn begin_statement(&self, head: &str) -> String {
+        if self.set_local.is_empty() {
+            head.to_owned()
         } else {
             // Integers only: the settings are numbers, not text from outside.
-            let sql = format!("{head}; {}", self.set_local);
-            pool.begin_with(AssertSqlSafe(sql)).await
-        };
-        begun.map_err(classify)
+            format!("{head}; {}", self.set_local)
+        }
     }
 
     /// One account by id, on the given connection.

@@ -1,6 +1,6 @@
 //! `zeta verify` on PostgreSQL: every invariant of the API recomputed in SQL on one snapshot.
 
-use sqlx::{AssertSqlSafe, ConnectOptions, Connection, Executor, PgConnection, Row};
+use sqlx::{AssertSqlSafe, ConnectOptions, Connection, PgConnection, Row};
 use zeta_ledger::audit::{ChainHead, check_chain};
 use zeta_store::{StoreResult, VerifyReport};
 
@@ -74,17 +74,11 @@ pub(crate) async fn run(store: &PgStore) -> StoreResult<VerifyReport> {
     let mut conn = PgConnection::connect_with(&options)
         .await
         .map_err(classify)?;
+    let begin = store.begin_statement("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY");
     let mut tx = conn
-        .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        .await
-        .map_err(classify)?;
-    if !store.set_local.is_empty() {
-        // Behind a transaction pooler the lock timeout comes with every BEGIN (see `connect`).
-        tx.execute(AssertSqlSafe(store.set_local.clone()))
-            .await
-            .map_err(classify)?;
-    }
-    tx.execute("SET LOCAL statement_timeout = 0")
+        .begin_with(AssertSqlSafe(format!(
+            "{begin}; SET LOCAL statement_timeout = 0"
+        )))
         .await
         .map_err(classify)?;
     let totals = store
