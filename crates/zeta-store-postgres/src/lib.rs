@@ -330,13 +330,14 @@ impl PgStore {
     }
 
     /// `head` (a BEGIN), then the timeouts behind a transaction pooler, which takes them with
-    /// every transaction rather than from the startup options.
-    pub(crate) fn begin_statement(&self, head: &str) -> String {
+    /// every transaction rather than from the startup options. Without a pooler it is `head`
+    /// itself: the engine's BEGIN allocates nothing.
+    pub(crate) fn begin_statement(&self, head: &'static str) -> Cow<'static, str> {
         if self.set_local.is_empty() {
-            head.to_owned()
+            Cow::Borrowed(head)
         } else {
             // Integers only: the settings are numbers, not text from outside.
-            format!("{head}; {}", self.set_local)
+            Cow::Owned(format!("{head}; {}", self.set_local))
         }
     }
 
