@@ -34,7 +34,7 @@ fn item_problem(error: &ApiError) -> Value {
 fn effect_json(effect: &Effect, item_errors: &[Option<ApiError>]) -> Value {
     match effect {
         Effect::Account(a) => views::account(a),
-        Effect::Transaction(t) => views::transaction(t),
+        Effect::Transaction(t) | Effect::LegReversal { leg: t, .. } => views::transaction(t),
         Effect::Transfer(t) => views::transfer(t),
         // The secret is never stored: a replay shows the key without it.
         Effect::ApiKey(k) => views::api_key(k, None),

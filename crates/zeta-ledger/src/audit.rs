@@ -244,15 +244,17 @@ pub fn events_for(envelope: &Envelope, outcome: &Outcome) -> Vec<AuditDraft> {
             };
             out.push(transaction_event(action, t));
         }
+        // Reversing a leg reverses its transfer: the same event as reversing the transfer.
+        // (A compensating transfer always names the one it reverses.)
+        Ok(Effect::LegReversal { reversal, .. }) => {
+            if let Some(original) = reversal.transfer.reverses_id {
+                out.push(transfer_reversal_event(original, reversal));
+            }
+        }
         Ok(Effect::Transfer(view)) => match command {
             Command::Transfer(_) => out.push(transfer_event("transfer.create", view)),
             Command::ReverseTransfer { transfer_id, .. } => {
-                let mut event = transfer_event("transfer.reverse", view);
-                event.resource_id = *transfer_id;
-                if let Value::Object(details) = &mut event.details {
-                    details.insert("reversal_transfer_id".into(), json!(view.transfer.id));
-                }
-                out.push(event);
+                out.push(transfer_reversal_event(*transfer_id, view));
             }
             _ => {}
         },
@@ -347,6 +349,16 @@ fn transfer_event(action: &'static str, view: &TransferView) -> AuditDraft {
             "failure_reason": view.debit.failure_reason.map(|f| f.as_str()),
         }),
     }
+}
+
+/// `transfer.reverse`, on the reversed transfer (`original`), naming the compensating one.
+fn transfer_reversal_event(original: Uuid, reversal: &TransferView) -> AuditDraft {
+    let mut event = transfer_event("transfer.reverse", reversal);
+    event.resource_id = original;
+    if let Value::Object(details) = &mut event.details {
+        details.insert("reversal_transfer_id".into(), json!(reversal.transfer.id));
+    }
+    event
 }
 
 /// A transfer declined for lack of funds is recorded (as a failed transfer): its event.

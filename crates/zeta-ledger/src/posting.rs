@@ -21,6 +21,12 @@ use crate::money::{Amount, Currency};
 pub enum Effect {
     Account(Account),
     Transaction(Transaction),
+    /// A transfer's leg was reversed, so the whole transfer was: `leg` is the compensation of
+    /// the leg named (what the request answers), `reversal` the compensating transfer.
+    LegReversal {
+        leg: Transaction,
+        reversal: Box<TransferView>,
+    },
     Transfer(Box<TransferView>),
     Batch(Vec<ItemResult>),
     ApiKey(ApiKey),
@@ -194,9 +200,7 @@ impl Working {
             Command::ReverseTransaction {
                 transaction_id,
                 reason,
-            } => self
-                .reverse_transaction(scope, *transaction_id, reason)
-                .map(Effect::Transaction),
+            } => self.reverse_transaction(scope, *transaction_id, reason),
             Command::ReverseTransfer {
                 transfer_id,
                 reason,
@@ -628,7 +632,7 @@ impl Working {
         scope: &Scope,
         transaction_id: Uuid,
         reason: &Option<String>,
-    ) -> Result<Transaction, LedgerError> {
+    ) -> Result<Effect, LedgerError> {
         let tx = self
             .transactions
             .get(&transaction_id)
@@ -638,11 +642,16 @@ impl Working {
         if let Some(transfer_id) = tx.transfer_id {
             let view = self.reverse_transfer(scope, transfer_id, reason)?;
             // The compensation of the leg named: the debit leg is compensated by a credit.
-            return Ok(match tx.kind {
-                TransactionType::Debit => {
-                    view.credit.expect("a compensating transfer has a credit")
-                }
-                TransactionType::Credit => view.debit,
+            let leg = match tx.kind {
+                TransactionType::Debit => view
+                    .credit
+                    .clone()
+                    .expect("a compensating transfer has a credit"),
+                TransactionType::Credit => view.debit.clone(),
+            };
+            return Ok(Effect::LegReversal {
+                leg,
+                reversal: Box::new(view),
             });
         }
         Self::reversible(
@@ -684,7 +693,7 @@ impl Working {
         original.status = TransactionStatus::Reversed;
         original.reversed_by_id = Some(id);
         original.updated_at = ts;
-        Ok(self.transactions[&id].clone())
+        Ok(Effect::Transaction(self.transactions[&id].clone()))
     }
 
     fn reverse_transfer(

@@ -1273,7 +1273,10 @@ fn expect(
             e.add(t.account_id, 0, -t.amount, 1);
             e.touched_transactions.insert(t.id);
         }
-        (Command::ReverseTransaction { transaction_id, .. }, Effect::Transaction(r)) => {
+        (
+            Command::ReverseTransaction { transaction_id, .. },
+            Effect::Transaction(r) | Effect::LegReversal { leg: r, .. },
+        ) => {
             returned_tx(r)?;
             let original = &before.transactions[transaction_id];
             // Property 8: the compensation of the transaction named.
@@ -1866,7 +1869,7 @@ fn transfer(from: Uuid, to: Uuid, n: i64) -> Envelope {
 
 fn tx_of(outcome: Outcome) -> Transaction {
     match outcome {
-        Ok(Effect::Transaction(t)) => t,
+        Ok(Effect::Transaction(t) | Effect::LegReversal { leg: t, .. }) => t,
         other => panic!("expected a transaction, got {other:?}"),
     }
 }

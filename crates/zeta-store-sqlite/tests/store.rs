@@ -181,7 +181,7 @@ fn account_of(outcome: Outcome) -> Account {
 
 fn transaction_of(outcome: Outcome) -> Transaction {
     match outcome {
-        Ok(Effect::Transaction(t)) => t,
+        Ok(Effect::Transaction(t) | Effect::LegReversal { leg: t, .. }) => t,
         other => panic!("expected a transaction, got {other:?}"),
     }
 }

@@ -557,6 +557,44 @@ async fn reversing_a_leg_reverses_the_whole_transfer() {
 
     assert_eq!(app.balance(&a).await, (1000, 1000));
     assert_eq!(app.balance(&b).await, (0, 0));
+
+    // Audited as reversing the transfer, like `POST /v1/transfers/{id}/reverse`.
+    let audit = get_json(&app, "/v1/audit-events?limit=200").await;
+    let reversals: Vec<(Value, Value, Value, Value)> = audit["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .filter(|e| {
+            e["action"]
+                .as_str()
+                .is_some_and(|a| a.ends_with(".reverse"))
+        })
+        .map(|e| {
+            (
+                e["action"].clone(),
+                e["resource_type"].clone(),
+                e["resource_id"].clone(),
+                e["details"]["reversal_transfer_id"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        reversals,
+        [
+            (
+                json!("transfer.reverse"),
+                json!("transfer"),
+                t1["id"].clone(),
+                json!(comp_id)
+            ),
+            (
+                json!("transfer.reverse"),
+                json!("transfer"),
+                t2["id"].clone(),
+                comp2["id"].clone()
+            ),
+        ]
+    );
     app.assert_verified().await;
 }
 
