@@ -176,7 +176,7 @@ pub(crate) async fn execute_revealing(
         move |outcome: &Outcome| render(outcome, success, &request_id, &instance, &errors);
 
     let (outcome, stored) = match &ctx.idempotency_key {
-        None => match state.submit(envelope, None).await? {
+        None => match state.submit(ctx, envelope, None).await? {
             Reply::Applied { outcome, .. } => {
                 let stored = renderer(&outcome);
                 (outcome, stored)
@@ -202,14 +202,18 @@ pub(crate) async fn execute_revealing(
             {
                 return replay(&record, &request_hash);
             }
-            let _claim = state.claim_key(scope, key)?;
+            // The claim travels with the command and is released once the engine has answered
+            // it, so a retry while it may still commit gets 409 `idempotency_key_in_use` even
+            // when this request has gone (client disconnected).
+            let claim = state.claim_key(scope, key)?;
             let spec = IdempotencySpec {
                 scope,
                 key: key.clone(),
                 request_hash: request_hash.clone(),
                 render: Arc::new(renderer),
+                claim: Some(Arc::new(claim)),
             };
-            match state.submit(envelope, Some(spec)).await? {
+            match state.submit(ctx, envelope, Some(spec)).await? {
                 Reply::Applied {
                     outcome,
                     stored: Some(stored),

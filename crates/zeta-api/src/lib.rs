@@ -47,7 +47,8 @@ pub struct AppState {
     pub keys: Arc<auth::KeyLookups>,
     in_flight: Arc<Mutex<HashSet<(Uuid, String)>>>,
     shutting_down: Arc<AtomicBool>,
-    /// Longest time one request may take before it is answered 503.
+    /// Longest time one request may take before it is answered 503 (unless its command has
+    /// been taken into a batch: then the batch's answer is awaited).
     pub request_timeout: std::time::Duration,
     /// Places for batch requests being handled (`request::BatchSlot`).
     batch_slots: Arc<tokio::sync::Semaphore>,
@@ -104,17 +105,23 @@ impl AppState {
         self.shutting_down.load(Ordering::SeqCst)
     }
 
-    /// Submits a command to the engine, feeding the circuit breaker.
+    /// Submits a request's command to the engine, feeding the circuit breaker. Once queued, the
+    /// command is left in the request's [`request::QueuedSlot`], so that a request timing out
+    /// withdraws it if it has not started yet, and otherwise waits for its answer.
     pub(crate) async fn submit(
         &self,
+        ctx: &request::Ctx,
         envelope: zeta_ledger::Envelope,
         idempotency: Option<zeta_engine::IdempotencySpec>,
     ) -> Result<zeta_engine::Reply, ApiError> {
-        let result = self
-            .engine
-            .submit(envelope, idempotency)
-            .await
-            .map_err(engine_error);
+        let result = match self.engine.enqueue(envelope, idempotency).await {
+            Ok(queued) => {
+                ctx.queued.set(queued.withdrawal());
+                queued.reply().await
+            }
+            Err(e) => Err(e),
+        }
+        .map_err(engine_error);
         self.breaker.observe(&result);
         result
     }

@@ -34,6 +34,21 @@ impl RateSlot {
     }
 }
 
+/// Where a handler leaves the command it queued in the engine, so that a request timing out
+/// can withdraw it if no batch has taken it yet.
+#[derive(Clone, Debug, Default)]
+pub struct QueuedSlot(std::sync::Arc<std::sync::Mutex<Option<zeta_engine::Withdrawal>>>);
+
+impl QueuedSlot {
+    pub(crate) fn set(&self, withdrawal: zeta_engine::Withdrawal) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(withdrawal);
+    }
+
+    fn get(&self) -> Option<zeta_engine::Withdrawal> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
 /// The id of the current request (client-sent when valid, else generated).
 #[derive(Clone, Debug)]
 pub struct RequestId(pub String);
@@ -79,27 +94,34 @@ pub async fn context(
     req.extensions_mut().insert(RequestId(request_id.clone()));
     let slot = RateSlot::default();
     req.extensions_mut().insert(slot.clone());
+    let queued = QueuedSlot::default();
+    req.extensions_mut().insert(queued.clone());
     let span = tracing::info_span!(
         "request",
         request_id = %request_id,
         method = %method,
         route = tracing::field::Empty,
     );
-    let mut response = match tokio::time::timeout(
-        state.request_timeout,
-        next.run(req).instrument(span.clone()),
-    )
-    .await
-    {
+    let run = next.run(req).instrument(span.clone());
+    tokio::pin!(run);
+    let mut response = match tokio::time::timeout(state.request_timeout, &mut run).await {
         Ok(response) => response,
-        // The handler is dropped; a command it queued still runs in the engine.
-        Err(_) => {
-            span.in_scope(|| tracing::warn!("request timed out"));
-            ApiError::Unavailable {
-                retry_after_secs: 1,
+        Err(_) => match queued.get() {
+            // A batch has taken the request's command: it may commit, so an error now could be
+            // untrue. Its answer comes within that batch's retry budget.
+            Some(w) if !w.withdraw() => {
+                span.in_scope(|| tracing::warn!("request timed out; its command is running"));
+                run.await
             }
-            .into_response()
-        }
+            // Nothing was queued, or it was withdrawn before it ran: nothing happened.
+            _ => {
+                span.in_scope(|| tracing::warn!("request timed out"));
+                ApiError::Unavailable {
+                    retry_after_secs: crate::RETRY_AFTER_SECS,
+                }
+                .into_response()
+            }
+        },
     };
     finish_problem(&mut response, &request_id, &instance);
     if let Ok(v) = HeaderValue::from_str(&request_id) {
@@ -231,6 +253,8 @@ pub struct Ctx {
     pub path: String,
     pub caller: Caller,
     pub idempotency_key: Option<String>,
+    /// Where the command this request queues is left for the timeout (see [`context`]).
+    pub queued: QueuedSlot,
 }
 
 impl Ctx {
@@ -258,6 +282,11 @@ fn context_parts(parts: &Parts, caller: Caller, idempotency_key: Option<String>)
         path: parts.uri.path().to_string(),
         caller,
         idempotency_key,
+        queued: parts
+            .extensions
+            .get::<QueuedSlot>()
+            .cloned()
+            .unwrap_or_default(),
     }
 }
 

@@ -1179,7 +1179,7 @@ async fn revoke_api_key(
     let key_id = path_id(&id, "api key")?;
     // Only unscoped admins get here, so the envelope's scope is None.
     let envelope = ctx.envelope(Command::RevokeApiKey { key_id });
-    match state.submit(envelope, None).await? {
+    match state.submit(&ctx, envelope, None).await? {
         Reply::Applied { outcome: Ok(_), .. } => {
             tracing::info!(request_id = %ctx.request_id, key_id = %ctx.caller.key_id, revoked = %key_id, "API key revoked");
             Ok(StatusCode::NO_CONTENT.into_response())

@@ -9,7 +9,8 @@
 //! with capped, jittered exponential backoff; a batch that hits any other error is split and its
 //! commands retried one by one, so one bad command cannot fail its neighbours.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -112,6 +113,10 @@ pub struct IdempotencySpec {
     pub key: String,
     pub request_hash: Vec<u8>,
     pub render: Renderer,
+    /// Kept until the engine has answered the command (or dropped it unanswered): the caller's
+    /// claim on the key, so that the key stays taken for as long as the command may still
+    /// commit, even when the caller stopped waiting for it.
+    pub claim: Option<Arc<dyn std::any::Any + Send + Sync>>,
 }
 
 #[derive(Clone, Debug)]
@@ -142,6 +147,62 @@ struct Job {
     envelope: Envelope,
     idempotency: Option<IdempotencySpec>,
     reply: oneshot::Sender<Result<Reply, EngineError>>,
+    state: Arc<AtomicU8>,
+}
+
+/// A job's [`Job::state`]: waiting in the queue, taken into a batch, or withdrawn before that.
+const QUEUED: u8 = 0;
+const TAKEN: u8 = 1;
+const WITHDRAWN: u8 = 2;
+
+impl Job {
+    /// Takes the job into a batch, unless it was withdrawn or nobody waits for its reply any
+    /// more (the caller went away before it ran: it never runs).
+    fn take(&self) -> bool {
+        !self.reply.is_closed()
+            && self
+                .state
+                .compare_exchange(QUEUED, TAKEN, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+    }
+}
+
+/// A queued command's answer to come.
+pub struct Queued {
+    rx: oneshot::Receiver<Result<Reply, EngineError>>,
+    state: Arc<AtomicU8>,
+}
+
+impl Queued {
+    /// Waits for the command's committed result.
+    pub async fn reply(self) -> Result<Reply, EngineError> {
+        self.rx
+            .await
+            .map_err(|_| EngineError::Internal("writer stopped before answering".into()))?
+    }
+
+    /// A handle that can withdraw the command while it waits in the queue.
+    pub fn withdrawal(&self) -> Withdrawal {
+        Withdrawal(self.state.clone())
+    }
+}
+
+/// Withdraws a queued command that no batch has taken yet.
+#[derive(Clone, Debug)]
+pub struct Withdrawal(Arc<AtomicU8>);
+
+impl Withdrawal {
+    /// True when the command was still waiting: it will never run. False when a batch has
+    /// taken it: it may commit, and its reply will come (within the batch's retry budget).
+    pub fn withdraw(&self) -> bool {
+        match self
+            .0
+            .compare_exchange(QUEUED, WITHDRAWN, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => true,
+            Err(state) => state == WITHDRAWN,
+        }
+    }
 }
 
 /// Observes the engine (metrics live outside this crate).
@@ -195,6 +256,16 @@ impl Engine {
         envelope: Envelope,
         idempotency: Option<IdempotencySpec>,
     ) -> Result<Reply, EngineError> {
+        self.enqueue(envelope, idempotency).await?.reply().await
+    }
+
+    /// Queues a command (waiting for room in the queue). Once this returns, the command will run
+    /// whether or not anyone waits for its reply.
+    pub async fn enqueue(
+        &self,
+        envelope: Envelope,
+        idempotency: Option<IdempotencySpec>,
+    ) -> Result<Queued, EngineError> {
         let sender = {
             let senders = self.senders.read().unwrap_or_else(|e| e.into_inner());
             if senders.is_empty() {
@@ -205,16 +276,17 @@ impl Engine {
             senders[usize::try_from(index).unwrap_or(0)].clone()
         };
         let (reply, rx) = oneshot::channel();
+        let state = Arc::new(AtomicU8::new(QUEUED));
         sender
             .send(Job {
                 envelope,
                 idempotency,
                 reply,
+                state: state.clone(),
             })
             .await
             .map_err(|_| EngineError::Unavailable("shutting down".into()))?;
-        rx.await
-            .map_err(|_| EngineError::Internal("writer stopped before answering".into()))?
+        Ok(Queued { rx, state })
     }
 
     /// Stops accepting commands and waits until every queued command is committed and answered.
@@ -309,6 +381,10 @@ impl Writer {
                 self.fill(&mut rx, &mut pending, &mut jobs, &mut weight);
                 accounts = touched(&jobs);
             }
+            if jobs.is_empty() {
+                // Every job taken up was withdrawn.
+                continue;
+            }
             last_size = jobs.len();
             let writer = self.clone();
             let task = tokio::spawn(async move { writer.run_batch(jobs).await });
@@ -366,8 +442,14 @@ impl Writer {
             {
                 break;
             }
-            *weight += w;
-            jobs.extend(pending.pop_front());
+            let Some(job) = pending.pop_front() else {
+                break;
+            };
+            // A withdrawn job, or one nobody waits for, is dropped here unrun.
+            if job.take() {
+                *weight += w;
+                jobs.push(job);
+            }
         }
     }
 
@@ -484,13 +566,21 @@ fn overlaps_running(in_flight: &InFlight, accounts: &Option<HashSet<Uuid>>) -> b
         .any(|(_, other)| !matches!((accounts, other), (Some(a), Some(b)) if a.is_disjoint(b)))
 }
 
-/// The accounts a batch names; `None` when it refers to rows by id (whose accounts are only
-/// known inside the transaction), so it must not overlap anything.
+/// The accounts a batch names; `None` when it must not overlap anything: it refers to rows by
+/// id (whose accounts are only known inside the transaction), or it inserts a unique value a
+/// client chose (an account number, an API key's secret) that another batch may insert too. Two
+/// overlapping batches must never wait on each other in the database: the one holding the audit
+/// chain would wait there while the other waits for the chain, a cycle the database cannot see
+/// (it would end only at the lock timeout).
 fn touched_accounts(jobs: &[Job]) -> Option<HashSet<Uuid>> {
     let mut ids = Vec::new();
     for job in jobs {
         let command = &job.envelope.command;
-        if command.transaction_ref().is_some() || command.transfer_ref().is_some() {
+        if command.transaction_ref().is_some()
+            || command.transfer_ref().is_some()
+            || matches!(command, Command::CreateApiKey(_))
+            || matches!(command, Command::CreateAccount(new) if new.account_number.is_some())
+        {
             return None;
         }
         if let Command::CreateAccount(new) = command {
@@ -619,10 +709,25 @@ async fn apply_batch(
     let now = now_micros();
     let mut working = Working::new(now, accounts, transactions, transfers, taken)
         .with_api_keys(keys.keys, keys.any);
-    let mut records = Vec::new();
+    let mut records: Vec<IdempotencyRecord> = Vec::new();
+    // Where each key applied in this batch has its record: a key that comes again in the same
+    // batch is answered as if it came after the first one committed (the caller's claim keeps
+    // one instance from queueing a key twice; this keeps one batch from inserting it twice).
+    let mut recorded: HashMap<(Uuid, &str), usize> = HashMap::new();
     let mut drafts: Vec<(Option<&Actor>, Vec<AuditDraft>)> = Vec::new();
     for (job, reply) in jobs.iter().zip(replies.iter_mut()) {
         if reply.is_some() {
+            continue;
+        }
+        if let Some(spec) = &job.idempotency
+            && let Some(&i) = recorded.get(&(spec.scope, spec.key.as_str()))
+        {
+            let first = &records[i];
+            *reply = Some(if first.request_hash == spec.request_hash {
+                Reply::Replay(first.clone())
+            } else {
+                Reply::KeyReused
+            });
             continue;
         }
         let outcome = working.apply(&job.envelope);
@@ -632,6 +737,7 @@ async fn apply_batch(
         }
         let stored = job.idempotency.as_ref().map(|spec| {
             let response = (spec.render)(&outcome);
+            recorded.insert((spec.scope, spec.key.as_str()), records.len());
             records.push(IdempotencyRecord {
                 scope: spec.scope,
                 key: spec.key.clone(),

@@ -201,8 +201,8 @@ pub struct ServeSettings {
           value_parser = clap::value_parser!(u64).range(24..))]
     pub idempotency_retention_hours: u64,
 
-    /// Longest time one request may take, in seconds; then 503 (a command may still commit:
-    /// retry it with its Idempotency-Key).
+    /// Longest time one request may take, in seconds; then 503, and a money command still
+    /// queued is withdrawn (one a batch has taken is answered when the batch ends).
     #[arg(long, env = "ZETA_REQUEST_TIMEOUT_SECS", default_value_t = 30,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub request_timeout_secs: u64,

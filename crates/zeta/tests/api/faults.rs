@@ -428,3 +428,244 @@ async fn waiting(app: &TestApp, router: &axum::Router) -> f64 {
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or_else(|| panic!("batch_requests_waiting missing from:\n{text}"))
 }
+
+/// A request that times out once a batch has taken its command is answered with that batch's
+/// outcome, not with a 503 that the commit would contradict.
+#[tokio::test]
+async fn a_request_timing_out_while_its_batch_commits_gets_the_committed_answer() {
+    let app = TestApp::spawn().await;
+    let id = app.funded("USD", 0).await;
+    let (router, _engine, probe) =
+        faulty_app_with(&app, Fault::Held, 1, EngineSettings::default(), |state| {
+            state.with_request_timeout(Duration::from_millis(100))
+        })
+        .await;
+    let wait = |n| tokio::time::timeout(Duration::from_secs(10), n);
+    let request = app
+        .post(&format!("/v1/accounts/{id}/credits"), json!({"amount": 40}))
+        .send_to(&router);
+    let release = async {
+        wait(probe.held.notified())
+            .await
+            .expect("the COMMIT is held");
+        // Three times the request timeout: it has fired by now.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        probe.release.notify_one();
+    };
+    let (r, ()) = tokio::join!(request, release);
+    assert_eq!(r.status, 201, "{}", r.json);
+    assert_eq!(r.json["balance_after"], 40);
+    assert_eq!(app.balance(&id).await, (40, 40));
+    app.assert_verified().await;
+}
+
+/// A request that times out while its command still waits in the queue withdraws it: the 503
+/// is true, the command never runs.
+#[tokio::test]
+async fn a_request_timing_out_in_the_queue_changes_nothing() {
+    let app = TestApp::spawn().await;
+    let (a, b) = (app.funded("USD", 0).await, app.funded("USD", 0).await);
+    let (router, _engine, probe) =
+        faulty_app_with(&app, Fault::Held, 1, EngineSettings::default(), |state| {
+            state.with_request_timeout(Duration::from_millis(100))
+        })
+        .await;
+    let wait = |n| tokio::time::timeout(Duration::from_secs(10), n);
+    let first = app
+        .post(&format!("/v1/accounts/{a}/credits"), json!({"amount": 40}))
+        .send_to(&router);
+    let queued_then_release = async {
+        wait(probe.held.notified())
+            .await
+            .expect("the first COMMIT is held");
+        // One transaction at a time: this credit waits in the queue until its timeout.
+        let second = app
+            .post(&format!("/v1/accounts/{b}/credits"), json!({"amount": 25}))
+            .send_to(&router)
+            .await;
+        probe.release.notify_one();
+        second
+    };
+    let (first, second) = tokio::join!(first, queued_then_release);
+    assert_eq!(first.status, 201, "{}", first.json);
+    assert_eq!(second.status, 503, "{}", second.json);
+    assert_eq!(second.code(), "service_unavailable");
+    // The next credit on the same account commits after the withdrawn one would have.
+    let third = app
+        .post(&format!("/v1/accounts/{b}/credits"), json!({"amount": 5}))
+        .send_to(&router)
+        .await;
+    assert_eq!(third.status, 201, "{}", third.json);
+    assert_eq!(third.json["balance_after"], 5);
+    assert_eq!(app.balance(&a).await, (40, 40));
+    assert_eq!(app.balance(&b).await, (5, 5));
+    app.assert_verified().await;
+}
+
+/// A client that goes away while its keyed command is committing, and retries: the key stays
+/// taken (409 `idempotency_key_in_use`) until the command is answered, then the retry replays
+/// it. Never two commands with one key in the engine at once.
+#[tokio::test]
+async fn a_keyed_command_keeps_its_key_after_its_client_went_away() {
+    let app = TestApp::spawn().await;
+    let id = app.funded("USD", 0).await;
+    let (router, _engine, probe) =
+        faulty_app(&app, Fault::Held, 1, EngineSettings::default()).await;
+    let path = format!("/v1/accounts/{id}/credits");
+    let request = || {
+        app.post(&path, json!({"amount": 40}))
+            .header("idempotency-key", "went-away-1")
+            .send_to(&router)
+    };
+    tokio::select! {
+        r = request() => panic!("answered while its COMMIT is held: {}", r.json),
+        held = tokio::time::timeout(Duration::from_secs(10), probe.held.notified()) => {
+            held.expect("the COMMIT is held");
+        }
+    }
+    // The first request is gone; its command is still committing.
+    let retry = tokio::time::timeout(Duration::from_secs(5), request())
+        .await
+        .expect("the retry is answered at once");
+    assert_eq!(retry.status, 409, "{}", retry.json);
+    assert_eq!(retry.code(), "idempotency_key_in_use");
+    probe.release.notify_one();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let replay = loop {
+        let r = request().await;
+        if r.status != 409 {
+            break r;
+        }
+        assert!(std::time::Instant::now() < deadline, "the key stays in use");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(replay.status, 201, "{}", replay.json);
+    assert_eq!(replay.header("idempotent-replayed"), Some("true"));
+    assert_eq!(replay.json["balance_after"], 40);
+    assert_eq!(app.balance(&id).await, (40, 40));
+    app.assert_verified().await;
+}
+
+/// One key twice in one batch (the engine used directly, without the API's claim): the second
+/// is answered from the first, as if it came after it committed, and the batch commits.
+#[tokio::test]
+async fn one_key_twice_in_a_batch_is_applied_once() {
+    let app = TestApp::spawn().await;
+    let id: Uuid = app.funded("USD", 0).await.parse().expect("id");
+    let (_router, engine, probe) =
+        faulty_app(&app, Fault::Held, 1, EngineSettings::default()).await;
+    let credit = |amount| zeta_ledger::Envelope {
+        command: zeta_ledger::Command::Credit {
+            account_id: id,
+            amount: zeta_ledger::Amount::new(amount).expect("amount"),
+            description: None,
+            reference: None,
+        },
+        scope: None,
+        actor: None,
+    };
+    let spec = |hash: u8| zeta_engine::IdempotencySpec {
+        scope: Uuid::nil(),
+        key: "twice".into(),
+        request_hash: vec![hash],
+        render: Arc::new(|_: &zeta_ledger::Outcome| zeta_engine::StoredResponse {
+            status: 201,
+            body: b"first".to_vec(),
+        }),
+        claim: None,
+    };
+    // The first command's COMMIT is held, so the next three queue up for one batch.
+    let blocker = engine.enqueue(credit(1), None).await.expect("queued");
+    tokio::time::timeout(Duration::from_secs(10), probe.held.notified())
+        .await
+        .expect("the COMMIT is held");
+    let once = engine
+        .enqueue(credit(10), Some(spec(1)))
+        .await
+        .expect("queued");
+    let again = engine
+        .enqueue(credit(10), Some(spec(1)))
+        .await
+        .expect("queued");
+    let other = engine
+        .enqueue(credit(10), Some(spec(2)))
+        .await
+        .expect("queued");
+    probe.release.notify_one();
+    assert!(matches!(
+        blocker.reply().await,
+        Ok(zeta_engine::Reply::Applied { outcome: Ok(_), .. })
+    ));
+    match once.reply().await {
+        Ok(zeta_engine::Reply::Applied {
+            outcome: Ok(_),
+            stored: Some(stored),
+        }) => assert_eq!(stored.body, b"first"),
+        other => panic!("the first is applied: {other:?}"),
+    }
+    match again.reply().await {
+        Ok(zeta_engine::Reply::Replay(record)) => assert_eq!(record.body, b"first"),
+        other => panic!("the second replays the first: {other:?}"),
+    }
+    assert!(matches!(
+        other.reply().await,
+        Ok(zeta_engine::Reply::KeyReused)
+    ));
+    assert_eq!(app.balance(&id.to_string()).await, (11, 11));
+    app.assert_verified().await;
+}
+
+/// A batch that inserts a unique value a client chose (here an account number) never overlaps
+/// another: were both to insert it, the one holding the audit chain would wait in the database
+/// for the other, which waits for the chain. It starts once the running batch has committed.
+#[tokio::test]
+async fn a_batch_creating_a_chosen_account_number_does_not_overlap() {
+    let app = TestApp::spawn().await;
+    let a = app.funded("USD", 0).await;
+    let settings = EngineSettings {
+        pipeline: 2,
+        ..EngineSettings::default()
+    };
+    let (router, _engine, probe) = faulty_app(&app, Fault::Held, 1, settings).await;
+    let wait = |n| tokio::time::timeout(Duration::from_secs(10), n);
+    let first = app
+        .post(&format!("/v1/accounts/{a}/credits"), json!({"amount": 70}))
+        .send_to(&router);
+    let then_create = async {
+        wait(probe.held.notified())
+            .await
+            .expect("the first COMMIT is held");
+        let create = app
+            .post(
+                "/v1/accounts",
+                json!({"owner_name": "Chosen", "currency": "USD", "account_number": "CHOSEN0001"}),
+            )
+            .send_to(&router);
+        tokio::pin!(create);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), &mut create)
+                .await
+                .is_err(),
+            "it waits for the running batch"
+        );
+        assert!(
+            tokio::time::timeout(Duration::ZERO, probe.written_without_audit.notified())
+                .await
+                .is_err(),
+            "and has written nothing"
+        );
+        probe.release.notify_one();
+        create.await
+    };
+    let (first, created) = tokio::join!(first, then_create);
+    assert_eq!(first.status, 201, "{}", first.json);
+    assert_eq!(created.status, 201, "{}", created.json);
+    assert_eq!(created.json["account_number"], "CHOSEN0001");
+    assert_eq!(
+        probe.appends.load(Ordering::SeqCst),
+        0,
+        "it ran alone: its events went with its rows"
+    );
+    assert_eq!(probe.writes_with_audit.load(Ordering::SeqCst), 2);
+    app.assert_verified().await;
+}
