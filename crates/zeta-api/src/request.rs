@@ -91,6 +91,12 @@ pub async fn context(
         .unwrap_or_else(|| Uuid::now_v7().to_string());
     let instance = req.uri().path().to_string();
     let method = req.method().clone();
+    let limited = instance == "/v1" || instance.starts_with("/v1/");
+    let authorization = req.headers().get(header::AUTHORIZATION).cloned();
+    let address = req
+        .extensions()
+        .get::<ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip());
     req.extensions_mut().insert(RequestId(request_id.clone()));
     let slot = RateSlot::default();
     req.extensions_mut().insert(slot.clone());
@@ -127,7 +133,12 @@ pub async fn context(
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert(REQUEST_ID, v);
     }
-    if let Some(info) = slot.take() {
+    let info = match slot.take() {
+        Some(info) => Some(info),
+        None if limited => charge_refused(&state, authorization, address).await,
+        None => None,
+    };
+    if let Some(info) = info {
         let headers = response.headers_mut();
         headers.insert("ratelimit-limit", HeaderValue::from(info.limit));
         headers.insert("ratelimit-remaining", HeaderValue::from(info.remaining));
@@ -215,34 +226,62 @@ pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Calle
 /// Authenticates and charges the rate limit, in API.md's order: a 429 (the key's bucket, or the
 /// client address's when there is no valid key) ranks before a 401.
 async fn admit(state: &AppState, parts: &Parts) -> Result<Caller, ApiError> {
-    let caller = match authenticate(state, &parts.headers).await {
+    let (caller, charged) = charge(state, &parts.headers, client_address(parts)).await?;
+    if let Some(slot) = parts.extensions.get::<RateSlot>() {
+        slot.set(charged.unwrap_or_else(|(info, _)| info));
+    }
+    match charged {
+        Ok(_) => caller,
+        Err((_, retry_after_secs)) => {
+            crate::telemetry::rate_limited();
+            Err(ApiError::RateLimited { retry_after_secs })
+        }
+    }
+}
+
+fn client_address(parts: &Parts) -> Option<std::net::IpAddr> {
+    parts
+        .extensions
+        .get::<ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip())
+}
+
+/// The caller (or why there is none) and one token spent from its bucket: the key's, or the
+/// client address's when there is no valid key. `Err` when the key cannot be looked up.
+async fn charge(
+    state: &AppState,
+    headers: &HeaderMap,
+    address: Option<std::net::IpAddr>,
+) -> Result<(Result<Caller, ApiError>, RateCheck), ApiError> {
+    let caller = match authenticate(state, headers).await {
         Ok(caller) => Ok(caller),
         Err(ApiError::Unauthorized) => Err(ApiError::Unauthorized),
         Err(other) => return Err(other),
     };
     let bucket = match &caller {
         Ok(c) => Bucket::Key(c.key_id),
-        Err(_) => parts
-            .extensions
-            .get::<ConnectInfo<std::net::SocketAddr>>()
-            .map_or(Bucket::Unknown, |c| Bucket::Address(c.0.ip())),
+        Err(_) => address.map_or(Bucket::Unknown, Bucket::Address),
     };
-    let slot = parts.extensions.get::<RateSlot>();
-    match state.limiter.check(&bucket) {
-        Ok(info) => {
-            if let Some(slot) = slot {
-                slot.set(info);
-            }
-            caller
-        }
-        Err((info, retry_after_secs)) => {
-            if let Some(slot) = slot {
-                slot.set(info);
-            }
-            crate::telemetry::rate_limited();
-            Err(ApiError::RateLimited { retry_after_secs })
-        }
+    let charged = state.limiter.check(&bucket);
+    Ok((caller, charged))
+}
+
+type RateCheck = Result<RateInfo, (RateInfo, u64)>;
+
+/// The `RateLimit-*` state for a `/v1` request refused before it was authenticated (400, 413,
+/// 415, 405, an unknown route): it spends a token like any other request (its refusal still
+/// wins over a 429, as API.md orders them). `None` when the key could not be looked up.
+async fn charge_refused(
+    state: &AppState,
+    authorization: Option<HeaderValue>,
+    address: Option<std::net::IpAddr>,
+) -> Option<RateInfo> {
+    let mut headers = HeaderMap::new();
+    if let Some(v) = authorization {
+        headers.insert(header::AUTHORIZATION, v);
     }
+    let (_, charged) = charge(state, &headers, address).await.ok()?;
+    Some(charged.unwrap_or_else(|(info, _)| info))
 }
 
 /// What every `/v1` handler knows about its request.
@@ -290,7 +329,8 @@ fn context_parts(parts: &Parts, caller: Caller, idempotency_key: Option<String>)
     }
 }
 
-/// For requests without a body (GET, DELETE).
+/// For requests without a body (GET, DELETE) whose route takes no query parameters: any is an
+/// unknown one (422).
 pub struct Authed(pub Ctx);
 
 impl FromRequestParts<AppState> for Authed {
@@ -298,8 +338,27 @@ impl FromRequestParts<AppState> for Authed {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let caller = admit(state, parts).await?;
+        no_query(parts)?;
         Ok(Authed(context_parts(parts, caller, None)))
     }
+}
+
+/// For requests without a body whose handler reads the query string itself (the lists and
+/// `/balance`), with [`json::Query`].
+pub struct QueryAuthed(pub Ctx);
+
+impl FromRequestParts<AppState> for QueryAuthed {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let caller = admit(state, parts).await?;
+        Ok(QueryAuthed(context_parts(parts, caller, None)))
+    }
+}
+
+/// A route that takes no query parameters: every one given is unknown (422).
+fn no_query(parts: &Parts) -> Result<(), ApiError> {
+    json::Query::parse(parts.uri.query())?.finish()
 }
 
 /// A place among the batch requests handled at once (`AppState::with_batch_concurrency`),
@@ -370,11 +429,17 @@ pub const BODY_LIMIT: usize = 64 * 1024;
 pub const BATCH_BODY_LIMIT: usize = 1024 * 1024;
 
 /// A request with a JSON body of at most `LIMIT` bytes; with `OPTIONAL`, the body may be absent.
-pub struct JsonRequest<const LIMIT: usize, const OPTIONAL: bool> {
+/// With `KEEP_PROBLEMS`, duplicate keys and NUL characters found while parsing do not fail the
+/// request: they are left in `problems` for the handler (the batch endpoint fails only the
+/// items they are in).
+pub struct JsonRequest<const LIMIT: usize, const OPTIONAL: bool, const KEEP_PROBLEMS: bool = false>
+{
     pub ctx: Ctx,
     pub body: Option<Value>,
-    /// The canonical form of the body, for idempotency.
+    /// The canonical form of the body, for idempotency (followed by the kept problems, so that a
+    /// body with them never matches one without).
     pub canonical: String,
+    pub problems: Vec<FieldError>,
 }
 
 fn is_json(headers: &HeaderMap) -> bool {
@@ -399,8 +464,8 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     }
 }
 
-impl<const LIMIT: usize, const OPTIONAL: bool> FromRequest<AppState>
-    for JsonRequest<LIMIT, OPTIONAL>
+impl<const LIMIT: usize, const OPTIONAL: bool, const KEEP_PROBLEMS: bool> FromRequest<AppState>
+    for JsonRequest<LIMIT, OPTIONAL, KEEP_PROBLEMS>
 {
     type Rejection = ApiError;
 
@@ -435,21 +500,29 @@ impl<const LIMIT: usize, const OPTIONAL: bool> FromRequest<AppState>
             if_match(&parts.headers)?;
         }
         let caller = admit(state, &parts).await?;
+        no_query(&parts)?;
         let (body, problems): (Option<Value>, Vec<FieldError>) = match parsed {
             Some((v, p)) => (Some(v), p),
             None => (None, Vec::new()),
         };
-        if !problems.is_empty() {
+        if !problems.is_empty() && !KEEP_PROBLEMS {
             return Err(ApiError::Validation(problems));
         }
         let mut canonical = String::new();
         if let Some(v) = &body {
             json::canonical(v, &mut canonical);
         }
+        for p in &problems {
+            canonical.push('\n');
+            canonical.push_str(&p.field);
+            canonical.push(':');
+            canonical.push_str(&p.message);
+        }
         Ok(Self {
             ctx: context_parts(&parts, caller, key),
             body,
             canonical,
+            problems,
         })
     }
 }

@@ -23,13 +23,14 @@ use crate::command::{ItemErrors, account_headers, execute, execute_revealing, ra
 use crate::error::{ApiError, FieldError};
 use crate::json::{Fields, Query};
 use crate::request::{
-    Authed, BATCH_BODY_LIMIT, BODY_LIMIT, BatchSlot, Ctx, JsonRequest, PathId, if_match,
+    Authed, BATCH_BODY_LIMIT, BODY_LIMIT, BatchSlot, Ctx, JsonRequest, PathId, QueryAuthed,
+    if_match,
 };
 use crate::{AppState, openapi, store_error, views};
 
 type Body = JsonRequest<BODY_LIMIT, false>;
 type OptionalBody = JsonRequest<BODY_LIMIT, true>;
-type BatchBody = JsonRequest<BATCH_BODY_LIMIT, false>;
+type BatchBody = JsonRequest<BATCH_BODY_LIMIT, false, true>;
 
 /// Longest `description` and `reason`, and `reference`, in code points.
 const MAX_DESCRIPTION: usize = 500;
@@ -311,7 +312,7 @@ async fn get_account(
 async fn list_accounts(
     State(state): State<AppState>,
     RawQuery(query): RawQuery,
-    Authed(ctx): Authed,
+    QueryAuthed(ctx): QueryAuthed,
 ) -> Result<Response, ApiError> {
     let mut q = Query::parse(query.as_deref())?;
     let account_number = q.take("account_number");
@@ -456,7 +457,7 @@ async fn get_balance(
     State(state): State<AppState>,
     PathId(id): PathId,
     RawQuery(query): RawQuery,
-    Authed(ctx): Authed,
+    QueryAuthed(ctx): QueryAuthed,
 ) -> Result<Response, ApiError> {
     let mut q = Query::parse(query.as_deref())?;
     let at = q.time("at");
@@ -601,7 +602,7 @@ async fn list_transactions(
     State(state): State<AppState>,
     PathId(id): PathId,
     RawQuery(query): RawQuery,
-    Authed(ctx): Authed,
+    QueryAuthed(ctx): QueryAuthed,
 ) -> Result<Response, ApiError> {
     let mut q = Query::parse(query.as_deref())?;
     let status = q.enumerated("status", TransactionStatus::parse);
@@ -897,29 +898,44 @@ async fn create_transfer_batch(
             None
         }
     };
+    // A duplicate key or a NUL inside an item fails that item only; anywhere else, the request.
+    let mut item_problems = vec![Vec::new(); raw_items.as_ref().map_or(0, Vec::len)];
+    for problem in req.problems {
+        match batch_item_of(&problem.field).filter(|&i| i < item_problems.len()) {
+            Some(i) => item_problems[i].push(problem),
+            None => f.invalid(&problem.field, problem.message),
+        }
+    }
     validated(f)?;
     let raw_items = raw_items.ok_or(ApiError::Validation(Vec::new()))?;
     req.ctx.caller.require(Role::Operator)?;
     let mut items = Vec::with_capacity(raw_items.len());
     let mut errors = Vec::with_capacity(raw_items.len());
-    for (i, raw) in raw_items.into_iter().enumerate() {
+    for ((i, raw), mut problems) in raw_items.into_iter().enumerate().zip(item_problems) {
         let prefix = format!("transfers.{i}.");
-        let (item, error) = match Fields::new(raw, &prefix) {
-            Err(e) => (BatchItem::Invalid, Some(ApiError::Validation(vec![e]))),
+        let spec = match Fields::new(raw, &prefix) {
+            Err(e) => {
+                problems.push(e);
+                None
+            }
             Ok(mut item) => {
                 let spec = transfer_spec(&mut item);
-                match (item.finish(), spec) {
-                    (Ok(()), Some(spec)) => (BatchItem::Valid(spec), None),
-                    (Err(e), _) => (BatchItem::Invalid, Some(ApiError::Validation(e))),
-                    (Ok(()), None) => (
-                        BatchItem::Invalid,
-                        Some(ApiError::Validation(vec![FieldError::new(
-                            prefix,
-                            "is invalid",
-                        )])),
-                    ),
+                if let Err(e) = item.finish() {
+                    problems.extend(e);
                 }
+                spec
             }
+        };
+        let (item, error) = match spec {
+            Some(spec) if problems.is_empty() => (BatchItem::Valid(spec), None),
+            _ if problems.is_empty() => (
+                BatchItem::Invalid,
+                Some(ApiError::Validation(vec![FieldError::new(
+                    prefix,
+                    "is invalid",
+                )])),
+            ),
+            _ => (BatchItem::Invalid, Some(ApiError::Validation(problems))),
         };
         items.push(item);
         errors.push(error);
@@ -934,6 +950,16 @@ async fn create_transfer_batch(
         Arc::new(errors),
     )
     .await
+}
+
+/// The item a problem's field is in (`transfers.3` or `transfers.3.amount` → 3).
+fn batch_item_of(field: &str) -> Option<usize> {
+    let rest = field.strip_prefix("transfers.")?;
+    let index = rest.split('.').next()?;
+    if index.is_empty() || !index.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    index.parse().ok()
 }
 
 #[utoipa::path(
@@ -1123,7 +1149,7 @@ async fn create_api_key(State(state): State<AppState>, req: Body) -> Result<Resp
 async fn list_api_keys(
     State(state): State<AppState>,
     RawQuery(query): RawQuery,
-    Authed(ctx): Authed,
+    QueryAuthed(ctx): QueryAuthed,
 ) -> Result<Response, ApiError> {
     let mut q = Query::parse(query.as_deref())?;
     let limit = q.limit() as usize;
@@ -1210,7 +1236,7 @@ async fn revoke_api_key(
 async fn list_audit_events(
     State(state): State<AppState>,
     RawQuery(query): RawQuery,
-    Authed(ctx): Authed,
+    QueryAuthed(ctx): QueryAuthed,
 ) -> Result<Response, ApiError> {
     let mut q = Query::parse(query.as_deref())?;
     let after_seq = q.take("after_seq").and_then(|s| {

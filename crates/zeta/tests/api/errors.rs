@@ -708,6 +708,108 @@ async fn authentication_comes_before_validation() {
     assert_eq!(account_count(&app).await, 0);
 }
 
+/// Routes that take no query parameters refuse any (after authentication, like every 422),
+/// and change nothing.
+#[tokio::test]
+async fn unknown_query_parameters_are_422_on_every_route() {
+    let app = crate::spawn().await;
+    let a = app.funded("USD", 100).await;
+    let b = app.funded("USD", 0).await;
+    let t = app
+        .post(
+            "/v1/transfers",
+            json!({"from_account_id": a, "to_account_id": b, "amount": 10}),
+        )
+        .send()
+        .await;
+    assert_eq!(t.status, 201, "{}", t.json);
+    let transfer = t.json["id"].as_str().expect("id").to_string();
+    let leg = t.json["debit"]["id"].as_str().expect("id").to_string();
+    let viewer = app.key("viewer", None).await;
+    let key_id = app.get("/v1/api-keys").send().await.json["data"]
+        .as_array()
+        .expect("keys")
+        .iter()
+        .find(|k| k["role"] == "viewer")
+        .expect("the viewer key")["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let accounts = account_count(&app).await;
+
+    let credit = json!({"amount": 5});
+    let cases = [
+        ("GET", format!("/v1/accounts/{a}?foo=1"), None),
+        (
+            "POST",
+            "/v1/accounts?foo=1".to_string(),
+            Some(json!({"owner_name": "Q", "currency": "USD"})),
+        ),
+        (
+            "POST",
+            format!("/v1/accounts/{a}/credits?foo=1"),
+            Some(credit.clone()),
+        ),
+        (
+            "POST",
+            format!("/v1/accounts/{a}/debits?foo=1"),
+            Some(credit.clone()),
+        ),
+        ("GET", format!("/v1/transactions/{leg}?foo=1"), None),
+        (
+            "POST",
+            format!("/v1/transactions/{leg}/reverse?foo=1"),
+            None,
+        ),
+        ("GET", format!("/v1/transfers/{transfer}?foo=1"), None),
+        (
+            "POST",
+            format!("/v1/transfers/{transfer}/reverse?foo=1"),
+            None,
+        ),
+        (
+            "POST",
+            "/v1/transfers?foo=1".to_string(),
+            Some(json!({"from_account_id": a, "to_account_id": b, "amount": 1})),
+        ),
+        (
+            "POST",
+            "/v1/transfers/batch?foo=1".to_string(),
+            Some(json!({"transfers": [{"from_account_id": a, "to_account_id": b, "amount": 1}]})),
+        ),
+        ("DELETE", format!("/v1/api-keys/{key_id}?foo=1"), None),
+    ];
+    for (name, path, body) in cases {
+        let request = || {
+            let r = method(&app, name, &path);
+            match &body {
+                Some(body) => r.json(body),
+                None => r,
+            }
+        };
+        let r = request().send().await;
+        let bare = path.split('?').next().expect("path");
+        assert_problem(&r, 422, "validation_error", bare);
+        assert_eq!(error_fields(&r), ["foo"], "{name} {path}");
+        // A valid key comes first: without one, 401.
+        let r = request().no_auth().send().await;
+        assert_problem(&r, 401, "unauthorized", bare);
+    }
+    let r = app.get(&format!("/v1/accounts/{a}?")).send().await;
+    assert_eq!(r.status, 200, "an empty query is no parameter: {}", r.json);
+
+    // Nothing changed.
+    assert_eq!(app.balance(&a).await, (90, 90));
+    assert_eq!(app.balance(&b).await, (10, 10));
+    assert_eq!(account_count(&app).await, accounts);
+    let r = app
+        .get(&format!("/v1/accounts/{a}"))
+        .key(&viewer)
+        .send()
+        .await;
+    assert_eq!(r.status, 200, "the key is not revoked: {}", r.json);
+}
+
 #[tokio::test]
 async fn undecodable_path_id_is_404_but_only_after_authentication() {
     let app = crate::spawn().await;

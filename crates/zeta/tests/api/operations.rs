@@ -62,6 +62,57 @@ async fn metrics_carry_the_named_series_by_route_template() {
     assert!(text.contains(r#"status="201""#));
 }
 
+/// Requests refused before they are authenticated (400, 415, 405, an unknown route) carry
+/// `RateLimit-*` too and spend a token of the key's bucket; their own refusal still wins over a
+/// 429.
+#[tokio::test]
+async fn refused_requests_carry_rate_limit_headers_and_spend_a_token() {
+    let app = crate::spawn().await;
+    let state = app
+        .state
+        .clone()
+        .with_rate_limit(zeta_api::ratelimit::RateLimitSettings { rps: 1, burst: 3 });
+    let router = zeta_api::router(state);
+    let malformed = app
+        .req(Method::POST, "/v1/accounts")
+        .header("content-type", "application/json")
+        .raw("{")
+        .send_to(&router)
+        .await;
+    let unsupported = app
+        .req(Method::POST, "/v1/accounts")
+        .raw("owner_name=A")
+        .send_to(&router)
+        .await;
+    let unrouted = app.get("/v1/nothing-here").send_to(&router).await;
+    let wrong_method = app
+        .req(Method::DELETE, "/v1/accounts")
+        .send_to(&router)
+        .await;
+    let seen: Vec<(u16, Option<&str>, Option<&str>)> =
+        [&malformed, &unsupported, &unrouted, &wrong_method]
+            .iter()
+            .map(|r| {
+                (
+                    r.status,
+                    r.header("ratelimit-limit"),
+                    r.header("ratelimit-remaining"),
+                )
+            })
+            .collect();
+    assert_eq!(
+        seen,
+        [
+            (400, Some("3"), Some("2")),
+            (415, Some("3"), Some("1")),
+            (404, Some("3"), Some("0")),
+            (405, Some("3"), Some("0")),
+        ]
+    );
+    let limited = app.get("/v1/accounts").send_to(&router).await;
+    assert_eq!(limited.status, 429, "the refused requests spent the bucket");
+}
+
 /// A token bucket per API key: `RateLimit-*` on every `/v1` response, 429 with `Retry-After`
 /// past the burst, other keys unaffected, operational routes never limited.
 #[tokio::test]

@@ -990,6 +990,95 @@ async fn batch_envelope_errors_are_validation_errors() {
     app.assert_verified().await;
 }
 
+/// A duplicate key or a NUL inside an item is that item's own invalid field: the item fails,
+/// the others run. In the envelope, they fail the request.
+#[tokio::test]
+async fn batch_items_with_duplicate_keys_or_nul_fail_alone() {
+    let app = crate::spawn().await;
+    let a = app.funded("USD", 1000).await;
+    let b = app.funded("USD", 0).await;
+    let post = |body: String| {
+        app.req("POST".parse().expect("method"), "/v1/transfers/batch")
+            .header("content-type", "application/json")
+            .raw(body)
+            .send()
+    };
+    let item = format!(r#"{{"from_account_id":"{a}","to_account_id":"{b}","amount":1}}"#);
+    let nul = format!(
+        r#"{{"from_account_id":"{a}","to_account_id":"{b}","amount":2,"reference":"x\u0000"}}"#
+    );
+    let twice =
+        format!(r#"{{"from_account_id":"{a}","to_account_id":"{b}","amount":3,"amount":4}}"#);
+    let r = post(format!(
+        r#"{{"transfers":[{item},{nul},{twice},"\u0000",{item}]}}"#
+    ))
+    .await;
+    assert_eq!(r.status, 200, "{}", r.json);
+    let results = r.json["results"].as_array().expect("results");
+    let statuses: Vec<&Value> = results.iter().map(|x| &x["status"]).collect();
+    assert_eq!(
+        statuses,
+        [
+            &json!(201),
+            &json!(422),
+            &json!(422),
+            &json!(422),
+            &json!(201)
+        ]
+    );
+    let fields = |i: usize| -> Vec<(Value, Value)> {
+        assert_eq!(
+            results[i]["error"]["code"], "validation_error",
+            "{}",
+            results[i]
+        );
+        results[i]["error"]["errors"]
+            .as_array()
+            .expect("errors")
+            .iter()
+            .map(|e| (e["field"].clone(), e["message"].clone()))
+            .collect()
+    };
+    assert_eq!(
+        fields(1),
+        [(
+            json!("transfers.1.reference"),
+            json!("must not contain NUL characters")
+        )]
+    );
+    assert_eq!(
+        fields(2),
+        [(json!("transfers.2.amount"), json!("duplicate key"))]
+    );
+    assert_eq!(
+        fields(3),
+        [
+            (
+                json!("transfers.3"),
+                json!("must not contain NUL characters")
+            ),
+            (json!("transfers.3"), json!("must be a JSON object")),
+        ]
+    );
+    assert_eq!(app.balance(&a).await, (998, 998));
+    assert_eq!(app.balance(&b).await, (2, 2));
+
+    // Outside the items: the whole request is refused.
+    for (body, field) in [
+        (
+            format!(r#"{{"transfers":[{item}],"atomic":false,"atomic":true}}"#),
+            "atomic",
+        ),
+        (format!(r#"{{"transfers":[{item}],"x\u0000":1}}"#), "x\u{0}"),
+    ] {
+        let r = post(body.clone()).await;
+        assert_problem(&r, 422, "validation_error");
+        assert_eq!(r.json["errors"][0]["field"], field, "{body}: {}", r.json);
+    }
+    assert_eq!(app.balance(&a).await, (998, 998));
+    app.assert_verified().await;
+}
+
 #[tokio::test]
 async fn batch_idempotency_key_replays_byte_identically() {
     let app = crate::spawn().await;
