@@ -296,11 +296,7 @@ async fn overlapping_batches_append_to_the_chain_in_commit_order() {
     let (a, b) = (app.funded("USD", 0).await, app.funded("USD", 0).await);
     let before = app.get("/v1/audit-events?limit=200").send().await;
     let start = before.json["data"].as_array().expect("data").len();
-    let settings = EngineSettings {
-        pipeline: 2,
-        ..EngineSettings::default()
-    };
-    let (router, _engine, probe) = faulty_app(&app, Fault::Held, 1, settings).await;
+    let (router, probe) = held_with_two_in_flight(&app).await;
     let wait = |n| tokio::time::timeout(Duration::from_secs(10), n);
 
     let first = app
@@ -429,17 +425,33 @@ async fn waiting(app: &TestApp, router: &axum::Router) -> f64 {
         .unwrap_or_else(|| panic!("batch_requests_waiting missing from:\n{text}"))
 }
 
+/// [`faulty_app`] with the first COMMIT held and two transactions in flight.
+async fn held_with_two_in_flight(app: &TestApp) -> (axum::Router, Arc<Probe>) {
+    let settings = EngineSettings {
+        pipeline: 2,
+        ..EngineSettings::default()
+    };
+    let (router, _engine, probe) = faulty_app(app, Fault::Held, 1, settings).await;
+    (router, probe)
+}
+
+/// [`faulty_app`] with the first COMMIT held and a request timeout of 100 ms.
+async fn held_with_short_timeout(app: &TestApp) -> (axum::Router, Arc<Probe>) {
+    let (router, _engine, probe) =
+        faulty_app_with(app, Fault::Held, 1, EngineSettings::default(), |state| {
+            state.with_request_timeout(Duration::from_millis(100))
+        })
+        .await;
+    (router, probe)
+}
+
 /// A request that times out once a batch has taken its command is answered with that batch's
 /// outcome, not with a 503 that the commit would contradict.
 #[tokio::test]
 async fn a_request_timing_out_while_its_batch_commits_gets_the_committed_answer() {
     let app = TestApp::spawn().await;
     let id = app.funded("USD", 0).await;
-    let (router, _engine, probe) =
-        faulty_app_with(&app, Fault::Held, 1, EngineSettings::default(), |state| {
-            state.with_request_timeout(Duration::from_millis(100))
-        })
-        .await;
+    let (router, probe) = held_with_short_timeout(&app).await;
     let wait = |n| tokio::time::timeout(Duration::from_secs(10), n);
     let request = app
         .post(&format!("/v1/accounts/{id}/credits"), json!({"amount": 40}))
@@ -465,11 +477,7 @@ async fn a_request_timing_out_while_its_batch_commits_gets_the_committed_answer(
 async fn a_request_timing_out_in_the_queue_changes_nothing() {
     let app = TestApp::spawn().await;
     let (a, b) = (app.funded("USD", 0).await, app.funded("USD", 0).await);
-    let (router, _engine, probe) =
-        faulty_app_with(&app, Fault::Held, 1, EngineSettings::default(), |state| {
-            state.with_request_timeout(Duration::from_millis(100))
-        })
-        .await;
+    let (router, probe) = held_with_short_timeout(&app).await;
     let wait = |n| tokio::time::timeout(Duration::from_secs(10), n);
     let first = app
         .post(&format!("/v1/accounts/{a}/credits"), json!({"amount": 40}))
@@ -622,11 +630,7 @@ async fn one_key_twice_in_a_batch_is_applied_once() {
 async fn a_batch_creating_a_chosen_account_number_does_not_overlap() {
     let app = TestApp::spawn().await;
     let a = app.funded("USD", 0).await;
-    let settings = EngineSettings {
-        pipeline: 2,
-        ..EngineSettings::default()
-    };
-    let (router, _engine, probe) = faulty_app(&app, Fault::Held, 1, settings).await;
+    let (router, probe) = held_with_two_in_flight(&app).await;
     let wait = |n| tokio::time::timeout(Duration::from_secs(10), n);
     let first = app
         .post(&format!("/v1/accounts/{a}/credits"), json!({"amount": 70}))

@@ -62,17 +62,19 @@ async fn metrics_carry_the_named_series_by_route_template() {
     assert!(text.contains(r#"status="201""#));
 }
 
+/// The app with a bucket of 3 requests per key, refilled at 1 per second.
+fn limited_to_3(app: &zeta_testkit::TestApp) -> axum::Router {
+    let limits = zeta_api::ratelimit::RateLimitSettings { rps: 1, burst: 3 };
+    zeta_api::router(app.state.clone().with_rate_limit(limits))
+}
+
 /// Requests refused before they are authenticated (400, 415, 405, an unknown route) carry
 /// `RateLimit-*` too and spend a token of the key's bucket; their own refusal still wins over a
 /// 429.
 #[tokio::test]
 async fn refused_requests_carry_rate_limit_headers_and_spend_a_token() {
     let app = crate::spawn().await;
-    let state = app
-        .state
-        .clone()
-        .with_rate_limit(zeta_api::ratelimit::RateLimitSettings { rps: 1, burst: 3 });
-    let router = zeta_api::router(state);
+    let router = limited_to_3(&app);
     let malformed = app
         .req(Method::POST, "/v1/accounts")
         .header("content-type", "application/json")
@@ -118,11 +120,7 @@ async fn refused_requests_carry_rate_limit_headers_and_spend_a_token() {
 #[tokio::test]
 async fn rate_limit_per_key_with_headers() {
     let app = crate::spawn().await;
-    let state = app
-        .state
-        .clone()
-        .with_rate_limit(zeta_api::ratelimit::RateLimitSettings { rps: 1, burst: 3 });
-    let router = zeta_api::router(state);
+    let router = limited_to_3(&app);
     let mut remaining = Vec::new();
     for _ in 0..3 {
         let r = app.get("/v1/accounts").send_to(&router).await;
