@@ -1,7 +1,8 @@
 //! A circuit breaker around the database. After `failure_threshold` consecutive failures it
 //! opens: requests fail at once with 503 and `Retry-After` instead of waiting on a dead pool.
 //! After `open_for` it lets one probe through (half-open); a success closes it, a failure opens
-//! it again.
+//! it again. A probe whose request went away before the database answered is presumed lost
+//! after [`PROBE_TIMEOUT`], and another is let through.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -42,16 +43,22 @@ impl BreakerState {
     }
 }
 
+/// How long a probe may be out before it is presumed lost: longer than any one database call
+/// is let run (the statement timeout's default).
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+
 struct Inner {
     state: BreakerState,
     failures: u32,
     opened_at: Instant,
     probing: bool,
+    probe_started: Instant,
 }
 
 pub struct CircuitBreaker {
     settings: BreakerSettings,
     inner: Mutex<Inner>,
+    probe_timeout: Duration,
 }
 
 impl CircuitBreaker {
@@ -63,7 +70,9 @@ impl CircuitBreaker {
                 failures: 0,
                 opened_at: Instant::now(),
                 probing: false,
+                probe_started: Instant::now(),
             }),
+            probe_timeout: PROBE_TIMEOUT,
         }
     }
 
@@ -91,11 +100,16 @@ impl CircuitBreaker {
             BreakerState::Open if inner.opened_at.elapsed() >= self.settings.open_for => {
                 inner.state = BreakerState::HalfOpen;
                 inner.probing = true;
+                inner.probe_started = Instant::now();
                 telemetry::set_breaker(BreakerState::HalfOpen.gauge());
                 Ok(())
             }
-            BreakerState::HalfOpen if !inner.probing => {
+            // No probe out, or the one out was lost (its request dropped before it was observed).
+            BreakerState::HalfOpen
+                if !inner.probing || inner.probe_started.elapsed() >= self.probe_timeout =>
+            {
                 inner.probing = true;
+                inner.probe_started = Instant::now();
                 Ok(())
             }
             BreakerState::Open | BreakerState::HalfOpen => Err(ApiError::Unavailable {
@@ -167,6 +181,25 @@ mod tests {
         b.success();
         assert_eq!(b.state(), BreakerState::Closed);
         assert!(b.admit().is_ok());
+    }
+
+    /// A probe never observed (its request was dropped mid-call) does not keep the breaker
+    /// half-open for good: after the probe timeout another probe goes through.
+    #[test]
+    fn a_lost_probe_is_replaced_after_the_probe_timeout() {
+        let mut b = CircuitBreaker::new(BreakerSettings {
+            failure_threshold: 1,
+            open_for: Duration::from_millis(0),
+        });
+        b.probe_timeout = Duration::from_millis(50);
+        b.failure();
+        assert!(b.admit().is_ok(), "the probe");
+        assert!(matches!(b.admit(), Err(ApiError::Unavailable { .. })));
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(b.admit().is_ok(), "the lost probe is replaced");
+        assert!(matches!(b.admit(), Err(ApiError::Unavailable { .. })));
+        b.success();
+        assert_eq!(b.state(), BreakerState::Closed);
     }
 
     #[test]
