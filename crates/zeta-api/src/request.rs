@@ -92,7 +92,6 @@ pub async fn context(
     let instance = req.uri().path().to_string();
     let method = req.method().clone();
     let limited = instance == "/v1" || instance.starts_with("/v1/");
-    let authorization = req.headers().get(header::AUTHORIZATION).cloned();
     let address = req
         .extensions()
         .get::<ConnectInfo<std::net::SocketAddr>>()
@@ -135,7 +134,7 @@ pub async fn context(
     }
     let info = match slot.take() {
         Some(info) => Some(info),
-        None if limited => charge_refused(&state, authorization, address).await,
+        None if limited => Some(charge_unauthenticated(&state, address)),
         None => None,
     };
     if let Some(info) = info {
@@ -226,7 +225,16 @@ pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Calle
 /// Authenticates and charges the rate limit, in API.md's order: a 429 (the key's bucket, or the
 /// client address's when there is no valid key) ranks before a 401.
 async fn admit(state: &AppState, parts: &Parts) -> Result<Caller, ApiError> {
-    let (caller, charged) = charge(state, &parts.headers, client_address(parts)).await?;
+    let caller = match authenticate(state, &parts.headers).await {
+        Ok(caller) => Ok(caller),
+        Err(ApiError::Unauthorized) => Err(ApiError::Unauthorized),
+        Err(other) => return Err(other),
+    };
+    let bucket = match &caller {
+        Ok(c) => Bucket::Key(c.key_id),
+        Err(_) => address_bucket(client_address(parts)),
+    };
+    let charged = state.limiter.check(&bucket);
     if let Some(slot) = parts.extensions.get::<RateSlot>() {
         slot.set(charged.unwrap_or_else(|(info, _)| info));
     }
@@ -246,42 +254,20 @@ fn client_address(parts: &Parts) -> Option<std::net::IpAddr> {
         .map(|c| c.0.ip())
 }
 
-/// The caller (or why there is none) and one token spent from its bucket: the key's, or the
-/// client address's when there is no valid key. `Err` when the key cannot be looked up.
-async fn charge(
-    state: &AppState,
-    headers: &HeaderMap,
-    address: Option<std::net::IpAddr>,
-) -> Result<(Result<Caller, ApiError>, RateCheck), ApiError> {
-    let caller = match authenticate(state, headers).await {
-        Ok(caller) => Ok(caller),
-        Err(ApiError::Unauthorized) => Err(ApiError::Unauthorized),
-        Err(other) => return Err(other),
-    };
-    let bucket = match &caller {
-        Ok(c) => Bucket::Key(c.key_id),
-        Err(_) => address.map_or(Bucket::Unknown, Bucket::Address),
-    };
-    let charged = state.limiter.check(&bucket);
-    Ok((caller, charged))
+/// The bucket of a request without a valid key: its client address's.
+fn address_bucket(address: Option<std::net::IpAddr>) -> Bucket {
+    address.map_or(Bucket::Unknown, Bucket::Address)
 }
 
-type RateCheck = Result<RateInfo, (RateInfo, u64)>;
-
-/// The `RateLimit-*` state for a `/v1` request refused before it was authenticated (400, 413,
-/// 415, 405, an unknown route): it spends a token like any other request (its refusal still
-/// wins over a 429, as API.md orders them). `None` when the key could not be looked up.
-async fn charge_refused(
-    state: &AppState,
-    authorization: Option<HeaderValue>,
-    address: Option<std::net::IpAddr>,
-) -> Option<RateInfo> {
-    let mut headers = HeaderMap::new();
-    if let Some(v) = authorization {
-        headers.insert(header::AUTHORIZATION, v);
-    }
-    let (_, charged) = charge(state, &headers, address).await.ok()?;
-    Some(charged.unwrap_or_else(|(info, _)| info))
+/// The `RateLimit-*` state for a `/v1` request answered before it was authenticated (400, 413,
+/// 415, 405, an unknown route, a timeout): it spends a token of its client address's bucket,
+/// like a request without a valid key — its key, if any, is not looked up, so a refused request
+/// costs no database work and cannot wait on it. Its refusal still wins over a 429.
+fn charge_unauthenticated(state: &AppState, address: Option<std::net::IpAddr>) -> RateInfo {
+    state
+        .limiter
+        .check(&address_bucket(address))
+        .unwrap_or_else(|(info, _)| info)
 }
 
 /// What every `/v1` handler knows about its request.
@@ -512,7 +498,10 @@ impl<const LIMIT: usize, const OPTIONAL: bool, const KEEP_PROBLEMS: bool> FromRe
         if let Some(v) = &body {
             json::canonical(v, &mut canonical);
         }
-        for p in &problems {
+        // Sorted, so that JSON-equal bodies hash alike whatever their key order.
+        let mut sorted: Vec<&FieldError> = problems.iter().collect();
+        sorted.sort_by(|a, b| (&a.field, &a.message).cmp(&(&b.field, &b.message)));
+        for p in sorted {
             canonical.push('\n');
             canonical.push_str(&p.field);
             canonical.push(':');

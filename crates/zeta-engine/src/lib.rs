@@ -113,11 +113,15 @@ pub struct IdempotencySpec {
     pub key: String,
     pub request_hash: Vec<u8>,
     pub render: Renderer,
-    /// Kept until the engine has answered the command (or dropped it unanswered): the caller's
-    /// claim on the key, so that the key stays taken for as long as the command may still
-    /// commit, even when the caller stopped waiting for it.
-    pub claim: Option<Arc<dyn std::any::Any + Send + Sync>>,
+    /// Held until the engine has answered the command, dropped it unrun, or the command was
+    /// withdrawn: the caller's claim on the key, so that the key stays taken for as long as the
+    /// command may still commit, even when the caller stopped waiting for it.
+    pub claim: Option<Claim>,
 }
+
+/// Something a caller holds for as long as its command may still run (see
+/// [`IdempotencySpec::claim`]); released by being dropped.
+pub type Claim = Arc<dyn std::any::Any + Send + Sync>;
 
 #[derive(Clone, Debug)]
 pub enum Reply {
@@ -147,10 +151,33 @@ struct Job {
     envelope: Envelope,
     idempotency: Option<IdempotencySpec>,
     reply: oneshot::Sender<Result<Reply, EngineError>>,
-    state: Arc<AtomicU8>,
+    shared: JobShare,
 }
 
-/// A job's [`Job::state`]: waiting in the queue, taken into a batch, or withdrawn before that.
+/// What a job and its caller share: where the job is, and the caller's claim.
+struct JobShared {
+    state: AtomicU8,
+    claim: std::sync::Mutex<Option<Claim>>,
+}
+
+impl JobShared {
+    fn release_claim(&self) {
+        drop(self.claim.lock().unwrap_or_else(|e| e.into_inner()).take());
+    }
+}
+
+/// The job's side of [`JobShared`]: the claim is released when the job is dropped (answered, or
+/// dropped unrun).
+struct JobShare(Arc<JobShared>);
+
+impl Drop for JobShare {
+    fn drop(&mut self) {
+        self.0.release_claim();
+    }
+}
+
+/// A job's [`JobShared::state`]: waiting in the queue, taken into a batch, or withdrawn before
+/// that.
 const QUEUED: u8 = 0;
 const TAKEN: u8 = 1;
 const WITHDRAWN: u8 = 2;
@@ -161,6 +188,8 @@ impl Job {
     fn take(&self) -> bool {
         !self.reply.is_closed()
             && self
+                .shared
+                .0
                 .state
                 .compare_exchange(QUEUED, TAKEN, Ordering::AcqRel, Ordering::Acquire)
                 .is_ok()
@@ -170,7 +199,7 @@ impl Job {
 /// A queued command's answer to come.
 pub struct Queued {
     rx: oneshot::Receiver<Result<Reply, EngineError>>,
-    state: Arc<AtomicU8>,
+    shared: Arc<JobShared>,
 }
 
 impl Queued {
@@ -183,25 +212,40 @@ impl Queued {
 
     /// A handle that can withdraw the command while it waits in the queue.
     pub fn withdrawal(&self) -> Withdrawal {
-        Withdrawal(self.state.clone())
+        Withdrawal(self.shared.clone())
     }
 }
 
 /// Withdraws a queued command that no batch has taken yet.
-#[derive(Clone, Debug)]
-pub struct Withdrawal(Arc<AtomicU8>);
+#[derive(Clone)]
+pub struct Withdrawal(Arc<JobShared>);
+
+impl std::fmt::Debug for Withdrawal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Withdrawal")
+            .field(&self.0.state.load(Ordering::Relaxed))
+            .finish()
+    }
+}
 
 impl Withdrawal {
-    /// True when the command was still waiting: it will never run. False when a batch has
-    /// taken it: it may commit, and its reply will come (within the batch's retry budget).
+    /// True when the command was still waiting: it will never run, and the caller's claim is
+    /// released at once. False when a batch has taken it: it may commit, and its reply will
+    /// come (within the batch's retry budget).
     pub fn withdraw(&self) -> bool {
-        match self
-            .0
-            .compare_exchange(QUEUED, WITHDRAWN, Ordering::AcqRel, Ordering::Acquire)
-        {
+        let withdrawn = match self.0.state.compare_exchange(
+            QUEUED,
+            WITHDRAWN,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
             Ok(_) => true,
             Err(state) => state == WITHDRAWN,
+        };
+        if withdrawn {
+            self.0.release_claim();
         }
+        withdrawn
     }
 }
 
@@ -266,6 +310,11 @@ impl Engine {
         envelope: Envelope,
         idempotency: Option<IdempotencySpec>,
     ) -> Result<Queued, EngineError> {
+        let mut idempotency = idempotency;
+        let shared = Arc::new(JobShared {
+            state: AtomicU8::new(QUEUED),
+            claim: std::sync::Mutex::new(idempotency.as_mut().and_then(|spec| spec.claim.take())),
+        });
         let sender = {
             let senders = self.senders.read().unwrap_or_else(|e| e.into_inner());
             if senders.is_empty() {
@@ -276,17 +325,16 @@ impl Engine {
             senders[usize::try_from(index).unwrap_or(0)].clone()
         };
         let (reply, rx) = oneshot::channel();
-        let state = Arc::new(AtomicU8::new(QUEUED));
         sender
             .send(Job {
                 envelope,
                 idempotency,
                 reply,
-                state: state.clone(),
+                shared: JobShare(shared.clone()),
             })
             .await
             .map_err(|_| EngineError::Unavailable("shutting down".into()))?;
-        Ok(Queued { rx, state })
+        Ok(Queued { rx, shared })
     }
 
     /// Stops accepting commands and waits until every queued command is committed and answered.
@@ -567,8 +615,9 @@ fn overlaps_running(in_flight: &InFlight, accounts: &Option<HashSet<Uuid>>) -> b
 }
 
 /// The accounts a batch names; `None` when it must not overlap anything: it refers to rows by
-/// id (whose accounts are only known inside the transaction), or it inserts a unique value a
-/// client chose (an account number, an API key's secret) that another batch may insert too. Two
+/// id (whose accounts are only known inside the transaction), inserts a unique value a client
+/// chose (an account number, an API key's secret) that another batch may insert too, or changes
+/// an API key (another batch may change the same one). Two
 /// overlapping batches must never wait on each other in the database: the one holding the audit
 /// chain would wait there while the other waits for the chain, a cycle the database cannot see
 /// (it would end only at the lock timeout).
@@ -578,7 +627,10 @@ fn touched_accounts(jobs: &[Job]) -> Option<HashSet<Uuid>> {
         let command = &job.envelope.command;
         if command.transaction_ref().is_some()
             || command.transfer_ref().is_some()
-            || matches!(command, Command::CreateApiKey(_))
+            || matches!(
+                command,
+                Command::CreateApiKey(_) | Command::RevokeApiKey { .. }
+            )
             || matches!(command, Command::CreateAccount(new) if new.account_number.is_some())
         {
             return None;

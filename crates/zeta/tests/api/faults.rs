@@ -472,7 +472,7 @@ async fn a_request_timing_out_while_its_batch_commits_gets_the_committed_answer(
 }
 
 /// A request that times out while its command still waits in the queue withdraws it: the 503
-/// is true, the command never runs.
+/// is true, the command never runs, and its idempotency key is free again at once.
 #[tokio::test]
 async fn a_request_timing_out_in_the_queue_changes_nothing() {
     let app = TestApp::spawn().await;
@@ -482,31 +482,36 @@ async fn a_request_timing_out_in_the_queue_changes_nothing() {
     let first = app
         .post(&format!("/v1/accounts/{a}/credits"), json!({"amount": 40}))
         .send_to(&router);
+    let keyed = || {
+        app.post(&format!("/v1/accounts/{b}/credits"), json!({"amount": 25}))
+            .header("idempotency-key", "queued-1")
+            .send_to(&router)
+    };
     let queued_then_release = async {
         wait(probe.held.notified())
             .await
             .expect("the first COMMIT is held");
-        // One transaction at a time: this credit waits in the queue until its timeout.
-        let second = app
-            .post(&format!("/v1/accounts/{b}/credits"), json!({"amount": 25}))
-            .send_to(&router)
-            .await;
+        // One transaction at a time: this credit waits in the queue until its timeout ...
+        let second = keyed().await;
+        // ... and so does its retry: the withdrawn command no longer holds the key.
+        let retry = keyed().await;
         probe.release.notify_one();
-        second
+        (second, retry)
     };
-    let (first, second) = tokio::join!(first, queued_then_release);
+    let (first, (second, retry)) = tokio::join!(first, queued_then_release);
     assert_eq!(first.status, 201, "{}", first.json);
-    assert_eq!(second.status, 503, "{}", second.json);
-    assert_eq!(second.code(), "service_unavailable");
-    // The next credit on the same account commits after the withdrawn one would have.
-    let third = app
-        .post(&format!("/v1/accounts/{b}/credits"), json!({"amount": 5}))
-        .send_to(&router)
-        .await;
-    assert_eq!(third.status, 201, "{}", third.json);
-    assert_eq!(third.json["balance_after"], 5);
+    for r in [&second, &retry] {
+        assert_eq!(r.status, 503, "{}", r.json);
+        assert_eq!(r.code(), "service_unavailable");
+    }
+    // Once the engine is free, the same request runs, for the first time: the withdrawn ones
+    // never did.
+    let last = keyed().await;
+    assert_eq!(last.status, 201, "{}", last.json);
+    assert_eq!(last.header("idempotent-replayed"), None);
+    assert_eq!(last.json["balance_after"], 25);
     assert_eq!(app.balance(&a).await, (40, 40));
-    assert_eq!(app.balance(&b).await, (5, 5));
+    assert_eq!(app.balance(&b).await, (25, 25));
     app.assert_verified().await;
 }
 
@@ -623,34 +628,40 @@ async fn one_key_twice_in_a_batch_is_applied_once() {
     app.assert_verified().await;
 }
 
-/// A batch that inserts a unique value a client chose (here an account number) never overlaps
-/// another: were both to insert it, the one holding the audit chain would wait in the database
-/// for the other, which waits for the chain. It starts once the running batch has committed.
-#[tokio::test]
-async fn a_batch_creating_a_chosen_account_number_does_not_overlap() {
-    let app = TestApp::spawn().await;
-    let a = app.funded("USD", 0).await;
-    let (router, probe) = held_with_two_in_flight(&app).await;
+/// Sends `method path body` while a credit's COMMIT is held with two transactions in flight,
+/// checks that it waited for that batch instead of overlapping it (nothing written until the
+/// COMMIT, its audit events then written with its rows), and returns its response.
+async fn runs_after_the_held_batch(
+    app: &TestApp,
+    account: &str,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> zeta_testkit::TestResponse {
+    let (router, probe) = held_with_two_in_flight(app).await;
     let wait = |n| tokio::time::timeout(Duration::from_secs(10), n);
     let first = app
-        .post(&format!("/v1/accounts/{a}/credits"), json!({"amount": 70}))
+        .post(
+            &format!("/v1/accounts/{account}/credits"),
+            json!({"amount": 70}),
+        )
         .send_to(&router);
-    let then_create = async {
+    let then_second = async {
         wait(probe.held.notified())
             .await
             .expect("the first COMMIT is held");
-        let create = app
-            .post(
-                "/v1/accounts",
-                json!({"owner_name": "Chosen", "currency": "USD", "account_number": "CHOSEN0001"}),
-            )
-            .send_to(&router);
-        tokio::pin!(create);
+        let request = app.req(method.parse().expect("method"), path);
+        let second = match &body {
+            Some(body) => request.json(body),
+            None => request,
+        }
+        .send_to(&router);
+        tokio::pin!(second);
         assert!(
-            tokio::time::timeout(Duration::from_millis(300), &mut create)
+            tokio::time::timeout(Duration::from_millis(300), &mut second)
                 .await
                 .is_err(),
-            "it waits for the running batch"
+            "{method} {path} waits for the running batch"
         );
         assert!(
             tokio::time::timeout(Duration::ZERO, probe.written_without_audit.notified())
@@ -659,17 +670,46 @@ async fn a_batch_creating_a_chosen_account_number_does_not_overlap() {
             "and has written nothing"
         );
         probe.release.notify_one();
-        create.await
+        second.await
     };
-    let (first, created) = tokio::join!(first, then_create);
+    let (first, second) = tokio::join!(first, then_second);
     assert_eq!(first.status, 201, "{}", first.json);
-    assert_eq!(created.status, 201, "{}", created.json);
-    assert_eq!(created.json["account_number"], "CHOSEN0001");
     assert_eq!(
         probe.appends.load(Ordering::SeqCst),
         0,
         "it ran alone: its events went with its rows"
     );
     assert_eq!(probe.writes_with_audit.load(Ordering::SeqCst), 2);
+    second
+}
+
+/// A batch that inserts a unique value a client chose (an account number) or changes an API key
+/// never overlaps another: were both to insert that value or change that key, the one holding
+/// the audit chain would wait in the database for the other, which waits for the chain (until
+/// the lock timeout). It starts once the running batch has committed.
+#[tokio::test]
+async fn batches_creating_chosen_numbers_or_changing_keys_do_not_overlap() {
+    let app = TestApp::spawn().await;
+    let a = app.funded("USD", 0).await;
+    let account =
+        json!({"owner_name": "Chosen", "currency": "USD", "account_number": "CHOSEN0001"});
+    let created = runs_after_the_held_batch(&app, &a, "POST", "/v1/accounts", Some(account)).await;
+    assert_eq!(created.status, 201, "{}", created.json);
+    assert_eq!(created.json["account_number"], "CHOSEN0001");
+
+    app.key("viewer", None).await;
+    let keys = app.get("/v1/api-keys").send().await;
+    let viewer = keys.json["data"]
+        .as_array()
+        .expect("keys")
+        .iter()
+        .find(|k| k["role"] == "viewer")
+        .expect("the viewer key")["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let path = format!("/v1/api-keys/{viewer}");
+    let revoked = runs_after_the_held_batch(&app, &a, "DELETE", &path, None).await;
+    assert_eq!(revoked.status, 204, "{}", revoked.json);
     app.assert_verified().await;
 }

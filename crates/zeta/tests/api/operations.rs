@@ -69,8 +69,8 @@ fn limited_to_3(app: &zeta_testkit::TestApp) -> axum::Router {
 }
 
 /// Requests refused before they are authenticated (400, 415, 405, an unknown route) carry
-/// `RateLimit-*` too and spend a token of the key's bucket; their own refusal still wins over a
-/// 429.
+/// `RateLimit-*` too and spend a token of the client address's bucket; their own refusal still
+/// wins over a 429.
 #[tokio::test]
 async fn refused_requests_carry_rate_limit_headers_and_spend_a_token() {
     let app = crate::spawn().await;
@@ -111,8 +111,13 @@ async fn refused_requests_carry_rate_limit_headers_and_spend_a_token() {
             (405, Some("3"), Some("0")),
         ]
     );
-    let limited = app.get("/v1/accounts").send_to(&router).await;
-    assert_eq!(limited.status, 429, "the refused requests spent the bucket");
+    // They spent the client address's bucket (their keys are not looked up): a request without
+    // a key is now limited, one with a valid key is not.
+    let limited = app.get("/v1/accounts").no_auth().send_to(&router).await;
+    assert_eq!(limited.status, 429, "{}", limited.json);
+    let keyed = app.get("/v1/accounts").send_to(&router).await;
+    assert_eq!(keyed.status, 200, "{}", keyed.json);
+    assert_eq!(keyed.header("ratelimit-remaining"), Some("2"));
 }
 
 /// A token bucket per API key: `RateLimit-*` on every `/v1` response, 429 with `Retry-After`

@@ -997,12 +997,12 @@ async fn batch_items_with_duplicate_keys_or_nul_fail_alone() {
     let app = crate::spawn().await;
     let a = app.funded("USD", 1000).await;
     let b = app.funded("USD", 0).await;
-    let post = |body: String| {
+    let request = |body: String| {
         app.req("POST".parse().expect("method"), "/v1/transfers/batch")
             .header("content-type", "application/json")
             .raw(body)
-            .send()
     };
+    let post = |body: String| request(body).send();
     let item = format!(r#"{{"from_account_id":"{a}","to_account_id":"{b}","amount":1}}"#);
     let nul = format!(
         r#"{{"from_account_id":"{a}","to_account_id":"{b}","amount":2,"reference":"x\u0000"}}"#
@@ -1075,6 +1075,30 @@ async fn batch_items_with_duplicate_keys_or_nul_fail_alone() {
         assert_problem(&r, 422, "validation_error");
         assert_eq!(r.json["errors"][0]["field"], field, "{body}: {}", r.json);
     }
+    assert_eq!(app.balance(&a).await, (998, 998));
+
+    // With an idempotency key: the same body with an item's fields in another order is the
+    // same request, replayed; a body that differs only by its NULs is another one.
+    let fields = [
+        format!(r#""from_account_id":"{a}""#),
+        format!(r#""to_account_id":"{b}""#),
+        r#""amount":5"#.to_string(),
+        r#""description":"d\u0000""#.to_string(),
+        r#""reference":"r\u0000""#.to_string(),
+    ];
+    let batch = |fields: &[String]| format!(r#"{{"transfers":[{{{}}}]}}"#, fields.join(","));
+    let reversed: Vec<String> = fields.iter().rev().cloned().collect();
+    let keyed = |body: String| request(body).header("idempotency-key", "nul-order").send();
+    let first = keyed(batch(&fields)).await;
+    assert_eq!(first.status, 200, "{}", first.json);
+    assert_eq!(first.json["results"][0]["status"], 422);
+    let again = keyed(batch(&reversed)).await;
+    assert_eq!(again.status, 200, "{}", again.json);
+    assert_eq!(again.header("idempotent-replayed"), Some("true"));
+    assert_eq!(again.body, first.body);
+    let clean: Vec<String> = fields.iter().map(|f| f.replace("\\u0000", "")).collect();
+    let other = keyed(batch(&clean)).await;
+    assert_problem(&other, 422, "idempotency_key_reused");
     assert_eq!(app.balance(&a).await, (998, 998));
     app.assert_verified().await;
 }
