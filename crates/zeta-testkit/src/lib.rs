@@ -322,6 +322,11 @@ impl TestApp {
     /// Creates a key with this role (and account scope, of existing accounts) through the
     /// engine, like `zeta api-key create`, and returns its secret.
     pub async fn key(&self, role: &str, account_ids: Option<Vec<Uuid>>) -> String {
+        self.key_and_id(role, account_ids).await.0
+    }
+
+    /// [`TestApp::key`], with the key's id.
+    pub async fn key_and_id(&self, role: &str, account_ids: Option<Vec<Uuid>>) -> (String, Uuid) {
         let role = zeta_api::auth::Role::parse(role).expect("a role");
         match zeta_api::auth::create_key(
             &self.engine,
@@ -334,7 +339,7 @@ impl TestApp {
         .await
         .expect("create key")
         {
-            zeta_api::auth::KeyCreation::Created { secret, .. } => secret,
+            zeta_api::auth::KeyCreation::Created { secret, key } => (secret, key.id),
             other => panic!("key not created: {other:?}"),
         }
     }

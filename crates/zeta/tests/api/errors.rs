@@ -725,16 +725,7 @@ async fn unknown_query_parameters_are_422_on_every_route() {
     assert_eq!(t.status, 201, "{}", t.json);
     let transfer = t.json["id"].as_str().expect("id").to_string();
     let leg = t.json["debit"]["id"].as_str().expect("id").to_string();
-    let viewer = app.key("viewer", None).await;
-    let key_id = app.get("/v1/api-keys").send().await.json["data"]
-        .as_array()
-        .expect("keys")
-        .iter()
-        .find(|k| k["role"] == "viewer")
-        .expect("the viewer key")["id"]
-        .as_str()
-        .expect("id")
-        .to_string();
+    let (viewer, key_id) = app.key_and_id("viewer", None).await;
     let accounts = account_count(&app).await;
 
     let credit = json!({"amount": 5});

@@ -697,17 +697,7 @@ async fn batches_creating_chosen_numbers_or_changing_keys_do_not_overlap() {
     assert_eq!(created.status, 201, "{}", created.json);
     assert_eq!(created.json["account_number"], "CHOSEN0001");
 
-    app.key("viewer", None).await;
-    let keys = app.get("/v1/api-keys").send().await;
-    let viewer = keys.json["data"]
-        .as_array()
-        .expect("keys")
-        .iter()
-        .find(|k| k["role"] == "viewer")
-        .expect("the viewer key")["id"]
-        .as_str()
-        .expect("id")
-        .to_string();
+    let (_, viewer) = app.key_and_id("viewer", None).await;
     let path = format!("/v1/api-keys/{viewer}");
     let revoked = runs_after_the_held_batch(&app, &a, "DELETE", &path, None).await;
     assert_eq!(revoked.status, 204, "{}", revoked.json);
