@@ -43,9 +43,10 @@ impl BreakerState {
     }
 }
 
-/// How long a probe may be out before it is presumed lost: longer than any one database call
-/// is let run (the statement timeout's default).
-pub const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a probe may be out before it is presumed lost: the default request timeout, by
+/// which its request has been answered or dropped (a probe still out after a longer configured
+/// timeout only lets a second probe through).
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(30);
 
 struct Inner {
     state: BreakerState,

@@ -164,6 +164,23 @@ impl JobShared {
     fn release_claim(&self) {
         drop(self.claim.lock().unwrap_or_else(|e| e.into_inner()).take());
     }
+
+    /// See [`Withdrawal::withdraw`].
+    fn withdraw(&self) -> bool {
+        let withdrawn = match self.state.compare_exchange(
+            QUEUED,
+            WITHDRAWN,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
+            Ok(_) => true,
+            Err(state) => state == WITHDRAWN,
+        };
+        if withdrawn {
+            self.release_claim();
+        }
+        withdrawn
+    }
 }
 
 /// The job's side of [`JobShared`]: the claim is released when the job is dropped (answered, or
@@ -197,22 +214,37 @@ impl Job {
 }
 
 /// A queued command's answer to come.
+///
+/// Dropped before its reply (the caller went away), it withdraws the command if no batch has
+/// taken it yet, releasing the caller's claim at once.
 pub struct Queued {
     rx: oneshot::Receiver<Result<Reply, EngineError>>,
-    shared: Arc<JobShared>,
+    on_drop: WithdrawOnDrop,
+}
+
+/// Withdraws its command when dropped (a no-op once a batch has taken it).
+struct WithdrawOnDrop(Arc<JobShared>);
+
+impl Drop for WithdrawOnDrop {
+    fn drop(&mut self) {
+        self.0.withdraw();
+    }
 }
 
 impl Queued {
     /// Waits for the command's committed result.
     pub async fn reply(self) -> Result<Reply, EngineError> {
-        self.rx
-            .await
-            .map_err(|_| EngineError::Internal("writer stopped before answering".into()))?
+        let Queued { rx, on_drop } = self;
+        let reply = rx.await;
+        // Answered, so taken: this withdraws nothing. Had this future been dropped while
+        // waiting, `on_drop` would have gone with it and withdrawn the command.
+        drop(on_drop);
+        reply.map_err(|_| EngineError::Internal("writer stopped before answering".into()))?
     }
 
     /// A handle that can withdraw the command while it waits in the queue.
     pub fn withdrawal(&self) -> Withdrawal {
-        Withdrawal(self.shared.clone())
+        Withdrawal(self.on_drop.0.clone())
     }
 }
 
@@ -233,19 +265,7 @@ impl Withdrawal {
     /// released at once. False when a batch has taken it: it may commit, and its reply will
     /// come (within the batch's retry budget).
     pub fn withdraw(&self) -> bool {
-        let withdrawn = match self.0.state.compare_exchange(
-            QUEUED,
-            WITHDRAWN,
-            Ordering::AcqRel,
-            Ordering::Acquire,
-        ) {
-            Ok(_) => true,
-            Err(state) => state == WITHDRAWN,
-        };
-        if withdrawn {
-            self.0.release_claim();
-        }
-        withdrawn
+        self.0.withdraw()
     }
 }
 
@@ -334,7 +354,10 @@ impl Engine {
             })
             .await
             .map_err(|_| EngineError::Unavailable("shutting down".into()))?;
-        Ok(Queued { rx, shared })
+        Ok(Queued {
+            rx,
+            on_drop: WithdrawOnDrop(shared),
+        })
     }
 
     /// Stops accepting commands and waits until every queued command is committed and answered.

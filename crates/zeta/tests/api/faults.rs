@@ -703,3 +703,45 @@ async fn batches_creating_chosen_numbers_or_changing_keys_do_not_overlap() {
     assert_eq!(revoked.status, 204, "{}", revoked.json);
     app.assert_verified().await;
 }
+
+/// A client that goes away while its keyed command still waits in the queue withdraws it: the
+/// command never runs and its key is free at once for the retry.
+#[tokio::test]
+async fn a_client_going_away_in_the_queue_frees_its_key() {
+    let app = TestApp::spawn().await;
+    let (a, b) = (app.funded("USD", 0).await, app.funded("USD", 0).await);
+    let (router, probe) = held_with_short_timeout(&app).await;
+    let wait = |n| tokio::time::timeout(Duration::from_secs(10), n);
+    let first = app
+        .post(&format!("/v1/accounts/{a}/credits"), json!({"amount": 40}))
+        .send_to(&router);
+    let keyed = || {
+        app.post(&format!("/v1/accounts/{b}/credits"), json!({"amount": 25}))
+            .header("idempotency-key", "gone-1")
+            .send_to(&router)
+    };
+    let gone_then_retry = async {
+        wait(probe.held.notified())
+            .await
+            .expect("the first COMMIT is held");
+        // Queued behind the held batch, then dropped well before its 100 ms timeout.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(30), keyed())
+                .await
+                .is_err(),
+            "it waits in the queue"
+        );
+        // The retry is not refused as in use: it queues too (and times out, withdrawn).
+        let retry = keyed().await;
+        probe.release.notify_one();
+        retry
+    };
+    let (first, retry) = tokio::join!(first, gone_then_retry);
+    assert_eq!(first.status, 201, "{}", first.json);
+    assert_eq!(retry.status, 503, "{}", retry.json);
+    let last = keyed().await;
+    assert_eq!(last.status, 201, "{}", last.json);
+    assert_eq!(last.header("idempotent-replayed"), None);
+    assert_eq!(app.balance(&b).await, (25, 25));
+    app.assert_verified().await;
+}
