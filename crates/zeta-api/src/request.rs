@@ -92,10 +92,7 @@ pub async fn context(
     let instance = req.uri().path().to_string();
     let method = req.method().clone();
     let limited = instance == "/v1" || instance.starts_with("/v1/");
-    let address = req
-        .extensions()
-        .get::<ConnectInfo<std::net::SocketAddr>>()
-        .map(|c| c.0.ip());
+    let address = client_address(req.extensions());
     req.extensions_mut().insert(RequestId(request_id.clone()));
     let slot = RateSlot::default();
     req.extensions_mut().insert(slot.clone());
@@ -232,7 +229,7 @@ async fn admit(state: &AppState, parts: &Parts) -> Result<Caller, ApiError> {
     };
     let bucket = match &caller {
         Ok(c) => Bucket::Key(c.key_id),
-        Err(_) => address_bucket(client_address(parts)),
+        Err(_) => address_bucket(client_address(&parts.extensions)),
     };
     let charged = state.limiter.check(&bucket);
     if let Some(slot) = parts.extensions.get::<RateSlot>() {
@@ -247,9 +244,8 @@ async fn admit(state: &AppState, parts: &Parts) -> Result<Caller, ApiError> {
     }
 }
 
-fn client_address(parts: &Parts) -> Option<std::net::IpAddr> {
-    parts
-        .extensions
+fn client_address(extensions: &axum::http::Extensions) -> Option<std::net::IpAddr> {
+    extensions
         .get::<ConnectInfo<std::net::SocketAddr>>()
         .map(|c| c.0.ip())
 }

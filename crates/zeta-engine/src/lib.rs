@@ -640,10 +640,10 @@ fn overlaps_running(in_flight: &InFlight, accounts: &Option<HashSet<Uuid>>) -> b
 /// The accounts a batch names; `None` when it must not overlap anything: it refers to rows by
 /// id (whose accounts are only known inside the transaction), inserts a unique value a client
 /// chose (an account number, an API key's secret) that another batch may insert too, or changes
-/// an API key (another batch may change the same one). Two
-/// overlapping batches must never wait on each other in the database: the one holding the audit
-/// chain would wait there while the other waits for the chain, a cycle the database cannot see
-/// (it would end only at the lock timeout).
+/// an API key (another batch may change the same one). Two overlapping batches must never wait
+/// on each other in the database: the one holding the audit chain would wait there while the
+/// other waits for the chain, a cycle the database cannot see (it ends only at the lock
+/// timeout).
 fn touched_accounts(jobs: &[Job]) -> Option<HashSet<Uuid>> {
     let mut ids = Vec::new();
     for job in jobs {
