@@ -471,10 +471,20 @@ async fn a_request_timing_out_while_its_batch_commits_gets_the_committed_answer(
     app.assert_verified().await;
 }
 
-/// A request that times out while its command still waits in the queue withdraws it: the 503
-/// is true, the command never runs, and its idempotency key is free again at once.
-#[tokio::test]
-async fn a_request_timing_out_in_the_queue_changes_nothing() {
+/// How a keyed credit's first attempt leaves while its command waits in the queue.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Leaves {
+    /// Its request times out (503).
+    TimesOut,
+    /// Its client drops the request, well before the timeout.
+    GoesAway,
+}
+
+/// A keyed credit queued behind a held batch, whose first attempt leaves as `leaves` says: its
+/// command is withdrawn (it never runs) and its key is free at once, so the retry queues too
+/// (and times out, withdrawn) instead of being refused as in use; once the engine is free, the
+/// same request runs for the first time.
+async fn a_queued_keyed_credit_that(leaves: Leaves) {
     let app = TestApp::spawn().await;
     let (a, b) = (app.funded("USD", 0).await, app.funded("USD", 0).await);
     let (router, probe) = held_with_short_timeout(&app).await;
@@ -491,21 +501,28 @@ async fn a_request_timing_out_in_the_queue_changes_nothing() {
         wait(probe.held.notified())
             .await
             .expect("the first COMMIT is held");
-        // One transaction at a time: this credit waits in the queue until its timeout ...
-        let second = keyed().await;
-        // ... and so does its retry: the withdrawn command no longer holds the key.
+        // One transaction at a time: this credit waits in the queue.
+        match leaves {
+            Leaves::TimesOut => {
+                let second = keyed().await;
+                assert_eq!(second.status, 503, "{}", second.json);
+                assert_eq!(second.code(), "service_unavailable");
+            }
+            Leaves::GoesAway => assert!(
+                tokio::time::timeout(Duration::from_millis(30), keyed())
+                    .await
+                    .is_err(),
+                "it waits in the queue"
+            ),
+        }
         let retry = keyed().await;
         probe.release.notify_one();
-        (second, retry)
+        retry
     };
-    let (first, (second, retry)) = tokio::join!(first, queued_then_release);
+    let (first, retry) = tokio::join!(first, queued_then_release);
     assert_eq!(first.status, 201, "{}", first.json);
-    for r in [&second, &retry] {
-        assert_eq!(r.status, 503, "{}", r.json);
-        assert_eq!(r.code(), "service_unavailable");
-    }
-    // Once the engine is free, the same request runs, for the first time: the withdrawn ones
-    // never did.
+    assert_eq!(retry.status, 503, "{}", retry.json);
+    assert_eq!(retry.code(), "service_unavailable");
     let last = keyed().await;
     assert_eq!(last.status, 201, "{}", last.json);
     assert_eq!(last.header("idempotent-replayed"), None);
@@ -513,6 +530,20 @@ async fn a_request_timing_out_in_the_queue_changes_nothing() {
     assert_eq!(app.balance(&a).await, (40, 40));
     assert_eq!(app.balance(&b).await, (25, 25));
     app.assert_verified().await;
+}
+
+/// A request that times out while its command still waits in the queue withdraws it: the 503
+/// is true, the command never runs, and its idempotency key is free again at once.
+#[tokio::test]
+async fn a_request_timing_out_in_the_queue_changes_nothing() {
+    a_queued_keyed_credit_that(Leaves::TimesOut).await;
+}
+
+/// A client that goes away while its keyed command still waits in the queue withdraws it: the
+/// command never runs and its key is free at once for the retry.
+#[tokio::test]
+async fn a_client_going_away_in_the_queue_frees_its_key() {
+    a_queued_keyed_credit_that(Leaves::GoesAway).await;
 }
 
 /// A client that goes away while its keyed command is committing, and retries: the key stays
@@ -701,47 +732,5 @@ async fn batches_creating_chosen_numbers_or_changing_keys_do_not_overlap() {
     let path = format!("/v1/api-keys/{viewer}");
     let revoked = runs_after_the_held_batch(&app, &a, "DELETE", &path, None).await;
     assert_eq!(revoked.status, 204, "{}", revoked.json);
-    app.assert_verified().await;
-}
-
-/// A client that goes away while its keyed command still waits in the queue withdraws it: the
-/// command never runs and its key is free at once for the retry.
-#[tokio::test]
-async fn a_client_going_away_in_the_queue_frees_its_key() {
-    let app = TestApp::spawn().await;
-    let (a, b) = (app.funded("USD", 0).await, app.funded("USD", 0).await);
-    let (router, probe) = held_with_short_timeout(&app).await;
-    let wait = |n| tokio::time::timeout(Duration::from_secs(10), n);
-    let first = app
-        .post(&format!("/v1/accounts/{a}/credits"), json!({"amount": 40}))
-        .send_to(&router);
-    let keyed = || {
-        app.post(&format!("/v1/accounts/{b}/credits"), json!({"amount": 25}))
-            .header("idempotency-key", "gone-1")
-            .send_to(&router)
-    };
-    let gone_then_retry = async {
-        wait(probe.held.notified())
-            .await
-            .expect("the first COMMIT is held");
-        // Queued behind the held batch, then dropped well before its 100 ms timeout.
-        assert!(
-            tokio::time::timeout(Duration::from_millis(30), keyed())
-                .await
-                .is_err(),
-            "it waits in the queue"
-        );
-        // The retry is not refused as in use: it queues too (and times out, withdrawn).
-        let retry = keyed().await;
-        probe.release.notify_one();
-        retry
-    };
-    let (first, retry) = tokio::join!(first, gone_then_retry);
-    assert_eq!(first.status, 201, "{}", first.json);
-    assert_eq!(retry.status, 503, "{}", retry.json);
-    let last = keyed().await;
-    assert_eq!(last.status, 201, "{}", last.json);
-    assert_eq!(last.header("idempotent-replayed"), None);
-    assert_eq!(app.balance(&b).await, (25, 25));
     app.assert_verified().await;
 }
